@@ -1,0 +1,57 @@
+# Every target installs what it needs first; `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION ?= 0.13.9
+HOST ?= 127.0.0.1
+PORT ?= 8000
+COMPOSE ?= docker compose -f docker/docker-compose.yml
+
+# Use uv from PATH when there is one, else a copy bootstrapped into .tools/.
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+RUN := $(UV) run --frozen --no-sync
+
+.PHONY: help venv install dev up down migrate test lint format
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(CURDIR)/.tools/bin/uv:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (found " + sys.version.split()[0] + "); set PYTHON=/path/to/python3.11")'
+	@echo "uv not found on PATH: bootstrapping uv $(UV_VERSION) into .tools/"
+	@$(PYTHON) -m venv .tools
+	@.tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+venv: $(UV) ## Create the virtual environment (.venv)
+	@test -d .venv || $(UV) venv --quiet .venv
+
+install: venv ## Install the locked dependencies (app + dev tools) into .venv
+	@$(UV) sync --frozen --quiet
+
+dev: install migrate ## Install, migrate and serve the API with reload on 127.0.0.1:8000 (SQLite default)
+	$(RUN) uvicorn app.main:app --reload --host $(HOST) --port $(PORT) --no-access-log
+
+up: ## Start the compose stack (API, worker, PostgreSQL, Redis)
+	$(COMPOSE) up -d --build
+
+down: ## Stop the compose stack
+	$(COMPOSE) down
+
+migrate: install ## Apply migrations; with m="message", autogenerate a revision first
+ifdef m
+	$(RUN) alembic revision --autogenerate -m "$(m)"
+endif
+	$(RUN) alembic upgrade head
+
+test: install ## Run the test suite (TEST_DATABASE_URL / TEST_REDIS_URL select real services)
+	$(RUN) pytest $(ARGS)
+
+lint: install ## ruff check, ruff format --check and mypy --strict
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy app
+
+format: install ## Apply ruff fixes and formatting
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .

@@ -1,0 +1,3 @@
+"""FastAPI service template."""
+
+__version__ = "0.1.0"

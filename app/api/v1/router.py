@@ -1,0 +1,8 @@
+"""Every v1 router, mounted under `API_V1_STR`."""
+
+from fastapi import APIRouter
+
+from app.api.v1.public import health
+
+api_router = APIRouter()
+api_router.include_router(health.router, prefix="/public")

@@ -1,0 +1,1 @@
+"""Infrastructure: configuration, database, cache, errors, middleware, logging, security."""

@@ -1,0 +1,97 @@
+"""Redis client and a JSON cache that degrades to misses instead of failing requests.
+
+The client is built from `REDIS_URL` with short connect and read timeouts. When Redis
+is not configured, or is down, `Cache` calls behave as misses, log a warning (at most
+once per `_WARN_INTERVAL`), and for a short back-off skip Redis entirely, so an
+outage costs neither errors nor a timeout on every request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.core.config import Settings
+
+logger = logging.getLogger(__name__)
+
+_WARN_INTERVAL = 30.0
+_BACKOFF = 2.0
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+def create_redis(settings: Settings) -> Redis | None:
+    """A Redis client (no connection is made until first use), or None when not configured."""
+    if not settings.REDIS_URL:
+        return None
+    client: Redis = Redis.from_url(
+        settings.REDIS_URL,
+        socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        health_check_interval=30,
+        decode_responses=False,
+    )
+    return client
+
+
+class Cache:
+    """JSON get/set/delete with TTL over an optional Redis client."""
+
+    def __init__(self, redis: Redis | None, *, prefix: str = "cache:") -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._skip_until = 0.0
+        self._last_warning = -_WARN_INTERVAL
+
+    @property
+    def available(self) -> bool:
+        return self.redis is not None and time.monotonic() >= self._skip_until
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._skip_until = now + _BACKOFF
+        if now - self._last_warning >= _WARN_INTERVAL:
+            self._last_warning = now
+            logger.warning("cache %s failed, treating as a miss: %s", operation, type(exc).__name__)
+
+    async def get_json(self, key: str) -> Any | None:
+        if self.redis is None or not self.available:
+            return None
+        try:
+            raw = await self.redis.get(self.prefix + key)
+        except REDIS_ERRORS as exc:
+            self._failed("get", exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+    async def set_json(self, key: str, value: Any, ttl: float) -> bool:
+        if self.redis is None or not self.available:
+            return False
+        try:
+            payload = json.dumps(value, default=str, separators=(",", ":"))
+            await self.redis.set(self.prefix + key, payload, px=max(1, int(ttl * 1000)))
+        except REDIS_ERRORS as exc:
+            self._failed("set", exc)
+            return False
+        return True
+
+    async def delete(self, *keys: str) -> bool:
+        # Deletes ignore the back-off: a skipped invalidation would leave a stale entry.
+        if self.redis is None or not keys:
+            return False
+        try:
+            await self.redis.delete(*(self.prefix + key for key in keys))
+        except REDIS_ERRORS as exc:
+            self._failed("delete", exc)
+            return False
+        return True

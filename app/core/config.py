@@ -1,0 +1,184 @@
+"""Application settings: the one place that reads the environment.
+
+Every value comes from an environment variable of the same name (or `.env`), is
+validated and normalised here, and is documented one-for-one in `.env.example`.
+Unsafe values refuse to start in production.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SECRET_KEY = "change-me-in-production-this-is-not-a-secret"  # noqa: S105
+MIN_SECRET_KEY_LENGTH = 32
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    STAGING = "staging"
+    PRODUCTION = "production"
+
+
+class ConfigError(RuntimeError):
+    """Raised at start-up when the environment holds an invalid setting."""
+
+
+def normalise_database_url(url: str) -> str:
+    """Map the schemes hosting providers hand out to the async drivers the app uses."""
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    return url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        env_ignore_empty=True,
+        frozen=True,
+    )
+
+    PROJECT_NAME: str = "FastAPI Template"
+    ENVIRONMENT: Environment = Environment.DEVELOPMENT
+    DEBUG: bool = False
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    LOG_FORMAT: Literal["console", "json"] | None = None
+    SECRET_KEY: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
+    API_V1_STR: str = "/api/v1"
+    BACKEND_CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    DOCS_ENABLED: bool | None = None
+
+    DATABASE_URL: str = "sqlite+aiosqlite:///./app.db"
+    DB_POOL_SIZE: int = Field(default=5, ge=1, le=1000)
+    DB_MAX_OVERFLOW: int = Field(default=10, ge=0, le=1000)
+    DB_POOL_TIMEOUT: float = Field(default=30.0, gt=0)
+    DB_USE_NULL_POOL: bool = False
+    DB_ECHO: bool = False
+
+    REDIS_URL: str = ""
+    REDIS_SOCKET_TIMEOUT: float = Field(default=1.0, gt=0, le=60)
+
+    HEALTH_CHECK_TIMEOUT: float = Field(default=2.0, gt=0, le=60)
+    READINESS_REQUIRES_REDIS: bool = False
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("API_V1_STR")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value.startswith("/") or value.endswith("/") or " " in value:
+            raise ValueError("must start with '/' and not end with '/', e.g. /api/v1")
+        return value
+
+    @field_validator("BACKEND_CORS_ORIGINS", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("BACKEND_CORS_ORIGINS")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"{origin!r} is not an http(s) origin")
+        return [origin.rstrip("/") for origin in value]
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        url = normalise_database_url(value.strip())
+        if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError(
+                "must be a PostgreSQL (postgresql://...) or SQLite (sqlite:///...) URL"
+            )
+        return url
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        url = value.strip()
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be empty or a redis://, rediss:// or unix:// URL")
+        return url
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Self:
+        if self.ENVIRONMENT is not Environment.PRODUCTION:
+            return self
+        problems = []
+        secret = self.SECRET_KEY.get_secret_value()
+        if secret == DEFAULT_SECRET_KEY or len(secret) < MIN_SECRET_KEY_LENGTH:
+            problems.append(
+                f"SECRET_KEY must be set to a random value of at least "
+                f"{MIN_SECRET_KEY_LENGTH} characters (try `make secret`)"
+            )
+        if self.DEBUG:
+            problems.append("DEBUG must be false")
+        if self.is_sqlite:
+            problems.append("DATABASE_URL must point at PostgreSQL, not SQLite")
+        if problems:
+            raise ValueError("refusing to start in production: " + "; ".join(problems))
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.DATABASE_URL.startswith("sqlite")
+
+    @property
+    def is_production(self) -> bool:
+        return self.ENVIRONMENT is Environment.PRODUCTION
+
+    @property
+    def log_format(self) -> Literal["console", "json"]:
+        if self.LOG_FORMAT is not None:
+            return self.LOG_FORMAT
+        return "console" if self.ENVIRONMENT is Environment.DEVELOPMENT else "json"
+
+    @property
+    def docs_enabled(self) -> bool:
+        if self.DOCS_ENABLED is not None:
+            return self.DOCS_ENABLED
+        return not self.is_production
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Turn a settings ValidationError into one line per bad variable."""
+    lines = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]) or "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {name}: {message}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning validation errors into a ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,94 @@
+"""Async database engine, sessions and the request transaction boundary.
+
+`create_engine` builds the engine for PostgreSQL (asyncpg) or SQLite (aiosqlite)
+from settings; the app's lifespan owns it. `get_session` is the one transaction
+boundary for requests: it commits when the handler succeeds and rolls back when
+anything raises. Scripts and jobs use `session_context`, which behaves the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, StaticPool
+from sqlmodel import SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.core.config import Settings
+
+SessionFactory = async_sessionmaker[AsyncSession]
+
+
+def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def _engine_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {"echo": settings.DB_ECHO}
+    if settings.is_sqlite and ":memory:" in settings.DATABASE_URL:
+        options["poolclass"] = StaticPool
+    elif settings.DB_USE_NULL_POOL:
+        options["poolclass"] = NullPool
+    else:
+        options |= {
+            "pool_size": settings.DB_POOL_SIZE,
+            "max_overflow": settings.DB_MAX_OVERFLOW,
+            "pool_timeout": settings.DB_POOL_TIMEOUT,
+            "pool_pre_ping": True,
+        }
+    if not settings.is_sqlite and settings.DB_USE_NULL_POOL:
+        # pgbouncer in transaction mode cannot keep server-side prepared statements.
+        options["connect_args"] = {"statement_cache_size": 0}
+    return options
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    engine = create_async_engine(settings.DATABASE_URL, **_engine_options(settings))
+    if settings.is_sqlite:
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+def create_session_factory(engine: AsyncEngine) -> SessionFactory:
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def session_context(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
+    """A session whose transaction commits on success and rolls back on error."""
+    async with factory() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The request's session: committed after the handler returns, before the response."""
+    async with session_context(request.state.session_factory) as session:
+        yield session
+
+
+# scope="function" runs the commit before the response is sent, so a failed commit
+# becomes an error response instead of a 2xx for data that was never stored.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+async def init_db(engine: AsyncEngine) -> None:
+    """Create every table from the models (tests only; real databases use migrations)."""
+    import app.models  # noqa: F401  (registers every table on the metadata)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(SQLModel.metadata.create_all)

@@ -1,0 +1,126 @@
+"""Pure-ASGI middleware for the request path.
+
+`RequestContextMiddleware` does the per-request work in a single layer, because
+each ASGI layer costs a call and a wrapped `send` on every request:
+
+* request id: honours a sane incoming `X-Request-ID`, otherwise generates one, puts it
+  in a context variable for logs and echoes it on every response, errors included;
+* security headers on every response;
+* one structured access-log line per request;
+* a last-resort 500 in the standard error shape for exceptions nothing else handled
+  (the traceback is logged with the request id, never sent).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.exceptions import error_body
+from app.core.logging import request_id_var
+
+access_logger = logging.getLogger("app.access")
+error_logger = logging.getLogger("app.errors")
+
+REQUEST_ID_HEADER = b"x-request-id"
+_SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+_BASE_SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+)
+_API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+_HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER:
+            return value.decode("ascii") if _SANE_REQUEST_ID.fullmatch(value) else None
+    return None
+
+
+def new_request_id() -> str:
+    return os.urandom(16).hex()
+
+
+class RequestContextMiddleware:
+    """Request id, security headers, access log and last-resort error rendering."""
+
+    def __init__(
+        self, app: ASGIApp, *, hsts: bool = False, docs_paths: tuple[str, ...] = ()
+    ) -> None:
+        self.app = app
+        self.docs_paths = frozenset(docs_paths)
+        self.headers = _BASE_SECURITY_HEADERS + ((_HSTS,) if hsts else ())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or new_request_id()
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+        extra_headers = [*self.headers, (REQUEST_ID_HEADER, request_id.encode("ascii"))]
+        if scope["path"] not in self.docs_paths:
+            extra_headers.append(_API_CSP)
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", ()), *extra_headers]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            error_logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if response_started:  # too late for an error body; let the server drop the connection
+                raise
+            await _send_internal_error(send_with_headers, request_id)
+        finally:
+            self._log_access(scope, status, started)
+            request_id_var.reset(token)
+
+    @staticmethod
+    def _log_access(scope: Scope, status: int, started: float) -> None:
+        if not access_logger.isEnabledFor(logging.INFO):
+            return
+        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        access_logger.info(
+            "request completed",
+            extra={
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": duration_ms,
+            },
+        )
+
+
+async def _send_internal_error(send: Send, request_id: str) -> None:
+    body = json.dumps(
+        error_body("internal_error", "Internal server error.", request_id=request_id)
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,121 @@
+"""Application factory: `create_app(settings)` wires config, database, cache, errors,
+middleware and routers; `app` is the instance uvicorn serves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TypedDict
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import __version__
+from app.api.v1.router import api_router
+from app.core.cache import REDIS_ERRORS, Cache, create_redis
+from app.core.config import Settings, get_settings
+from app.core.db import SessionFactory, create_engine, create_session_factory
+from app.core.exceptions import register_exception_handlers
+from app.core.health import ReadinessProbe
+from app.core.logging import setup_logging
+from app.core.middleware import RequestContextMiddleware
+
+logger = logging.getLogger(__name__)
+
+
+class AppState(TypedDict):
+    """What the lifespan opens; each request sees it as `request.state`."""
+
+    engine: AsyncEngine
+    session_factory: SessionFactory
+    redis: Redis | None
+    cache: Cache
+    readiness: ReadinessProbe
+
+
+async def _check_redis(redis: Redis | None, timeout: float) -> None:
+    if redis is None:
+        logger.info("REDIS_URL is empty: caching disabled")
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await redis.ping()
+    except (*REDIS_ERRORS, TimeoutError) as exc:
+        logger.warning(
+            "Redis is unreachable at start-up (%s); continuing without it", type(exc).__name__
+        )
+
+
+def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[AppState]]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
+        engine = create_engine(settings)
+        redis = create_redis(settings)
+        await _check_redis(redis, settings.HEALTH_CHECK_TIMEOUT)
+        state = AppState(
+            engine=engine,
+            session_factory=create_session_factory(engine),
+            redis=redis,
+            cache=Cache(redis),
+            readiness=ReadinessProbe(
+                engine,
+                redis,
+                timeout=settings.HEALTH_CHECK_TIMEOUT,
+                requires_redis=settings.READINESS_REQUIRES_REDIS,
+            ),
+        )
+        try:
+            yield state
+        finally:
+            if redis is not None:
+                await redis.aclose()
+            await engine.dispose()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    setup_logging(settings.LOG_LEVEL, settings.log_format)
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title=settings.PROJECT_NAME,
+        version=__version__,
+        debug=False,
+        lifespan=_lifespan(settings),
+        openapi_url=f"{settings.API_V1_STR}/openapi.json" if docs else None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+    )
+    app.state.settings = settings
+    register_exception_handlers(app)
+    app.include_router(api_router, prefix=settings.API_V1_STR)
+    if settings.BACKEND_CORS_ORIGINS:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.BACKEND_CORS_ORIGINS,
+            allow_credentials="*" not in settings.BACKEND_CORS_ORIGINS,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "ETag", "Location", "Retry-After"],
+        )
+    app.add_middleware(
+        RequestContextMiddleware,
+        hsts=settings.is_production,
+        docs_paths=("/docs", "/redoc", "/docs/oauth2-redirect") if docs else (),
+    )
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.main:app` reads this attribute; building it lazily keeps importing
+    # the module (tests, scripts, Alembic) free of side effects.
+    if name == "app":
+        instance = create_app()
+        globals()["app"] = instance
+        return instance
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

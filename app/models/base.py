@@ -1,0 +1,105 @@
+"""Shared model building blocks: ids, database-set timestamps, soft delete, naming.
+
+Every table gets a time-ordered UUID primary key and `created_at`/`updated_at`
+columns the database fills. `SoftDeleteMixin` adds `deleted_at` with helpers.
+The metadata naming convention keeps constraint names deterministic, so
+migrations autogenerate the same names on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, func
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+SQLModel.metadata.naming_convention = NAMING_CONVENTION
+
+
+def uuid7() -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): millisecond timestamp first, so new rows append to indexes."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10)) & ((1 << 80) - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return uuid.UUID(int=value)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetimes on every backend (SQLite hands back naive UTC values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; pass an aware datetime")
+        if value is not None and dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class BaseTable(SQLModel):
+    """Id and timestamps for every table model (`class Thing(BaseTable, table=True)`)."""
+
+    id: uuid.UUID = Field(default_factory=uuid7, primary_key=True)
+    created_at: datetime = Field(
+        default=None,
+        sa_type=UTCDateTime,
+        sa_column_kwargs={"server_default": func.now(), "nullable": False},
+    )
+    updated_at: datetime = Field(
+        default=None,
+        sa_type=UTCDateTime,
+        sa_column_kwargs={"server_default": func.now(), "onupdate": func.now(), "nullable": False},
+    )
+
+
+class SoftDeleteMixin(SQLModel):
+    """A `deleted_at` marker instead of removing the row."""
+
+    deleted_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    def soft_delete(self) -> None:
+        if self.deleted_at is None:
+            self.deleted_at = utcnow()
+
+    def restore(self) -> None:
+        self.deleted_at = None
+
+    @classmethod
+    def not_deleted(cls) -> ColumnElement[bool]:
+        """A WHERE clause keeping only live rows: `select(X).where(X.not_deleted())`."""
+        column: Any = cls.deleted_at
+        return column.is_(None)  # type: ignore[no-any-return]
+
+    @classmethod
+    def only_deleted(cls) -> ColumnElement[bool]:
+        column: Any = cls.deleted_at
+        return column.is_not(None)  # type: ignore[no-any-return]

@@ -1,0 +1,1 @@
+"""API contracts (request and response bodies)."""

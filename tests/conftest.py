@@ -1,0 +1,71 @@
+"""Fixtures: one database per test run, emptied after every test, and a fresh app per test.
+
+The database is SQLite in a temporary directory unless `TEST_DATABASE_URL` names a
+PostgreSQL server, in which case a uniquely named database is created on it (and
+dropped at the end), so the suite never touches a developer's data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from fastapi import FastAPI
+from httpx import AsyncClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import SQLModel
+
+from app.core.config import Settings
+from app.core.db import create_engine, init_db
+from tests.support import (
+    TEST_REDIS_URL,
+    make_settings,
+    require_service,
+    running_app,
+    temporary_database,
+)
+
+
+@pytest.fixture(scope="session")
+async def database_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    async with temporary_database(tmp_path_factory.mktemp("db")) as url:
+        engine = create_engine(make_settings(url))
+        await init_db(engine)
+        await engine.dispose()
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def db_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(make_settings(database_url))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def clean_db(db_engine: AsyncEngine) -> AsyncIterator[None]:
+    yield
+    async with db_engine.begin() as conn:
+        for table in reversed(SQLModel.metadata.sorted_tables):
+            await conn.execute(table.delete())
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return require_service("TEST_REDIS_URL", TEST_REDIS_URL)
+
+
+@pytest.fixture
+def settings(database_url: str, clean_db: None) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture
+async def app_client(settings: Settings) -> AsyncIterator[tuple[FastAPI, AsyncClient]]:
+    async with running_app(settings) as pair:
+        yield pair
+
+
+@pytest.fixture
+def client(app_client: tuple[FastAPI, AsyncClient]) -> AsyncClient:
+    return app_client[1]

@@ -1,0 +1,129 @@
+import subprocess
+import sys
+
+import pytest
+
+from app.core.config import ConfigError, Environment, load_settings, normalise_database_url
+from tests.support import make_settings
+
+SQLITE = "sqlite+aiosqlite:///./test.db"
+STRONG_SECRET = "x" * 48
+PG = "postgresql+asyncpg://app@db/app"
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgres://u:p@h:5432/d", "postgresql+asyncpg://u:p@h:5432/d"),
+        ("postgresql://u@h/d?sslmode=require", "postgresql+asyncpg://u@h/d?sslmode=require"),
+        ("postgresql+asyncpg://u@h/d", "postgresql+asyncpg://u@h/d"),
+        ("sqlite:///./app.db", "sqlite+aiosqlite:///./app.db"),
+    ],
+)
+def test_database_urls_are_normalised_to_async_drivers(given: str, expected: str) -> None:
+    assert normalise_database_url(given) == expected
+    assert expected == make_settings(given).DATABASE_URL
+
+
+def test_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROJECT_NAME", "Orders API")
+    monkeypatch.setenv("DB_POOL_SIZE", "12")
+    monkeypatch.setenv("BACKEND_CORS_ORIGINS", "https://a.example, https://b.example/")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    settings = load_settings(_env_file=None)
+    assert settings.PROJECT_NAME == "Orders API"
+    assert settings.DB_POOL_SIZE == 12
+    assert settings.BACKEND_CORS_ORIGINS == ["https://a.example", "https://b.example"]
+    assert settings.LOG_LEVEL == "DEBUG"
+
+
+def test_cors_origins_accept_a_json_list() -> None:
+    settings = make_settings(SQLITE, BACKEND_CORS_ORIGINS='["https://app.example"]')
+    assert settings.BACKEND_CORS_ORIGINS == ["https://app.example"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("DB_POOL_SIZE", "lots", "valid integer"),
+        ("DB_POOL_SIZE", "0", "greater than or equal to 1"),
+        ("DATABASE_URL", "mysql://u@h/d", "PostgreSQL"),
+        ("REDIS_URL", "http://cache", "redis://"),
+        ("ENVIRONMENT", "prod", "development"),
+        ("API_V1_STR", "api/v1", "start with '/'"),
+        ("BACKEND_CORS_ORIGINS", "ftp://x", "http(s) origin"),
+        ("HEALTH_CHECK_TIMEOUT", "-1", "greater than 0"),
+    ],
+)
+def test_bad_values_fail_naming_the_variable_and_reason(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, reason: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None)
+    assert variable in str(caught.value)
+    assert reason in str(caught.value)
+
+
+def test_development_defaults_are_safe_for_a_laptop() -> None:
+    settings = load_settings(_env_file=None, ENVIRONMENT="development")
+    assert settings.DATABASE_URL.startswith("sqlite+aiosqlite://")
+    assert settings.log_format == "console"
+    assert settings.docs_enabled
+
+
+def test_json_logs_and_no_docs_outside_development() -> None:
+    settings = load_settings(
+        _env_file=None, ENVIRONMENT="production", SECRET_KEY=STRONG_SECRET, DATABASE_URL=PG
+    )
+    assert settings.ENVIRONMENT is Environment.PRODUCTION
+    assert settings.log_format == "json"
+    assert not settings.docs_enabled
+    assert load_settings(
+        _env_file=None,
+        ENVIRONMENT="production",
+        SECRET_KEY=STRONG_SECRET,
+        DATABASE_URL=PG,
+        DOCS_ENABLED=True,
+    ).docs_enabled
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"DATABASE_URL": PG}, "SECRET_KEY"),
+        ({"DATABASE_URL": PG, "SECRET_KEY": "short"}, "SECRET_KEY"),
+        ({"DATABASE_URL": PG, "SECRET_KEY": STRONG_SECRET, "DEBUG": True}, "DEBUG"),
+        ({"DATABASE_URL": SQLITE, "SECRET_KEY": STRONG_SECRET}, "SQLite"),
+    ],
+)
+def test_production_refuses_unsafe_values(overrides: dict[str, object], reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        load_settings(_env_file=None, ENVIRONMENT="production", **overrides)
+
+
+def test_server_refuses_to_start_with_a_clear_message() -> None:
+    env = {"ENVIRONMENT": "production", "DATABASE_URL": PG, "PATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", "import app.main; app.main.app"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "refusing to start in production" in result.stderr
+    assert "SECRET_KEY" in result.stderr
+
+
+def test_env_example_documents_every_setting_once() -> None:
+    from pathlib import Path
+
+    from app.core.config import Settings
+
+    lines = (Path(__file__).resolve().parents[2] / ".env.example").read_text().splitlines()
+    names = [line.split("=", 1)[0] for line in lines if line and not line.startswith("#")]
+    assert sorted(names) == sorted(Settings.model_fields)
+    # The example file itself is a valid configuration.
+    assert load_settings(_env_file=Path(__file__).resolve().parents[2] / ".env.example")
