@@ -12,7 +12,7 @@ COMPOSE ?= docker compose -f docker/docker-compose.yml
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: help venv install dev up down migrate test lint format
+.PHONY: help venv install dev up down migrate test lint format bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,3 +55,6 @@ lint: install ## ruff check, ruff format --check and mypy --strict
 format: install ## Apply ruff fixes and formatting
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
+
+bench: install ## Benchmark the request path against a bare FastAPI app (scripts/bench.py)
+	$(RUN) python scripts/bench.py $(ARGS)

@@ -1,0 +1,124 @@
+import json
+import logging
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from app.core.logging import (
+    BufferedStderrHandler,
+    ConsoleFormatter,
+    JsonFormatter,
+    log_access,
+    request_id_var,
+    setup_logging,
+)
+
+
+@pytest.fixture
+def pipe_handler() -> Iterator[tuple[BufferedStderrHandler, int]]:
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    handler = BufferedStderrHandler(write_fd)
+    handler.setFormatter(JsonFormatter())
+    try:
+        yield handler, read_fd
+    finally:
+        handler.close()
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def read_lines(fd: int) -> list[dict[str, object]]:
+    try:
+        data = os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return []
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+def record(level: int, message: str, **extra: object) -> logging.LogRecord:
+    logger = logging.getLogger("app.test.logging")
+    return logger.makeRecord(logger.name, level, "", 0, message, (), None, extra=extra)
+
+
+def test_warnings_reach_stderr_at_once_and_info_lines_by_close(
+    pipe_handler: tuple[BufferedStderrHandler, int],
+) -> None:
+    handler, read_fd = pipe_handler
+    handler.handle(record(logging.INFO, "buffered"))
+    handler.handle(record(logging.ERROR, "urgent"))
+    lines = read_lines(read_fd)
+    assert [line["message"] for line in lines] == ["buffered", "urgent"]
+    handler.handle(record(logging.INFO, "later"))
+    handler.close()
+    assert [line["message"] for line in read_lines(read_fd)] == ["later"]
+
+
+def test_json_lines_carry_level_logger_request_id_and_extras() -> None:
+    token = request_id_var.set("rid-7")
+    try:
+        line = json.loads(JsonFormatter().format(record(logging.INFO, "hello", user="u1")))
+    finally:
+        request_id_var.reset(token)
+    assert line["level"] == "INFO"
+    assert line["logger"] == "app.test.logging"
+    assert line["message"] == "hello"
+    assert line["request_id"] == "rid-7"
+    assert line["user"] == "u1"
+    assert str(line["ts"]).endswith("Z")
+
+
+def test_console_lines_are_readable() -> None:
+    line = ConsoleFormatter().format(record(logging.WARNING, "disk low", free_mb=12))
+    assert "WARNING" in line
+    assert "[-] app.test.logging: disk low free_mb=12" in line
+
+
+def test_access_lines_are_the_same_on_the_direct_path_and_through_logging(
+    pipe_handler: tuple[BufferedStderrHandler, int],
+) -> None:
+    handler, read_fd = pipe_handler
+    root = logging.getLogger()
+    saved, saved_level = root.handlers[:], root.level
+    root.handlers[:] = [handler]  # the production set-up: the app's handler alone
+    root.setLevel(logging.INFO)
+    token = request_id_var.set("rid-direct")
+    try:
+        log_access("GET", "/things", 200, 1.5)
+    finally:
+        request_id_var.reset(token)
+        root.handlers[:] = saved
+        root.setLevel(saved_level)
+    handler.flush()
+    (direct,) = read_lines(read_fd)
+    fields = {"method": "GET", "path": "/things", "status": 200, "duration_ms": 1.5}
+    token = request_id_var.set("rid-direct")
+    try:
+        expected = json.loads(
+            JsonFormatter().format(
+                logging.getLogger("app.access").makeRecord(
+                    "app.access", logging.INFO, "", 0, "request completed", (), None, extra=fields
+                )
+            )
+        )
+    finally:
+        request_id_var.reset(token)
+    direct.pop("ts")
+    expected.pop("ts")
+    assert direct == expected
+
+
+def test_setup_logging_replaces_its_own_handler_only() -> None:
+    foreign = logging.NullHandler()
+    root = logging.getLogger()
+    root.addHandler(foreign)
+    try:
+        setup_logging("INFO", "json")
+        setup_logging("INFO", "console")
+        ours = [h for h in root.handlers if h.get_name() == "app"]
+        assert len(ours) == 1
+        assert isinstance(ours[0].formatter, ConsoleFormatter)
+        assert foreign in root.handlers
+    finally:
+        root.removeHandler(foreign)
