@@ -12,10 +12,10 @@ COMPOSE ?= docker compose -f docker/docker-compose.yml
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: help venv install dev up down migrate test lint format bench
+.PHONY: help venv install dev worker worker-check up down migrate test lint format bench
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(CURDIR)/.tools/bin/uv:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (found " + sys.version.split()[0] + "); set PYTHON=/path/to/python3.11")'
@@ -31,6 +31,14 @@ install: venv ## Install the locked dependencies (app + dev tools) into .venv
 
 dev: install migrate ## Install, migrate and serve the API with reload on 127.0.0.1:8000 (SQLite default)
 	$(RUN) uvicorn app.main:app --reload --host $(HOST) --port $(PORT) --no-access-log
+
+# arq's own --watch restarts the worker loop without re-importing code; watchfiles
+# restarts the process, so edits to jobs take effect.
+worker: install ## Run the job worker, restarting it when app/ changes (needs REDIS_URL)
+	$(RUN) watchfiles --filter python 'arq app.jobs.worker.WorkerSettings' app
+
+worker-check: install ## Exit 0 if a worker on JOBS_QUEUE_NAME reported healthy in the last 30 s, else 1
+	@$(RUN) arq --check app.jobs.worker.WorkerSettings
 
 up: ## Start the compose stack (API, worker, PostgreSQL, Redis)
 	$(COMPOSE) up -d --build

@@ -1,5 +1,5 @@
-"""Application factory: `create_app(settings)` wires config, database, cache, errors,
-middleware and routers; `app` is the instance uvicorn serves."""
+"""Application factory: `create_app(settings)` wires config, database, cache, job queue,
+rate limiter, errors, middleware and routers; `app` is the instance uvicorn serves."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from app.core.exceptions import register_exception_handlers
 from app.core.health import ReadinessProbe
 from app.core.logging import setup_logging
 from app.core.middleware import RequestContextMiddleware
+from app.core.ratelimit import RateLimiter
+from app.jobs.queue import JobQueue
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +37,13 @@ class AppState(TypedDict):
     redis: Redis | None
     cache: Cache
     readiness: ReadinessProbe
+    jobs: JobQueue | None
+    rate_limiter: RateLimiter
 
 
 async def _check_redis(redis: Redis | None, timeout: float) -> None:
     if redis is None:
-        logger.info("REDIS_URL is empty: caching disabled")
+        logger.info("REDIS_URL is empty: caching, background jobs and rate limits disabled")
         return
     try:
         async with asyncio.timeout(timeout):
@@ -66,6 +70,13 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                 redis,
                 timeout=settings.HEALTH_CHECK_TIMEOUT,
                 requires_redis=settings.READINESS_REQUIRES_REDIS,
+            ),
+            jobs=JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME) if redis else None,
+            rate_limiter=RateLimiter(
+                redis,
+                default=settings.rate_limit_default,
+                fail_open=settings.RATE_LIMIT_FAIL_OPEN,
+                trusted_proxies=settings.TRUSTED_PROXIES,
             ),
         )
         try:
@@ -101,7 +112,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_credentials="*" not in settings.BACKEND_CORS_ORIGINS,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["X-Request-ID", "ETag", "Location", "Retry-After"],
+            expose_headers=[
+                "X-Request-ID",
+                "ETag",
+                "Location",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
         )
     app.add_middleware(
         RequestContextMiddleware,

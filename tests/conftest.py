@@ -24,6 +24,7 @@ from tests.support import (
     running_app,
     temporary_database,
 )
+from tests.tables import scratch_tables
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +49,13 @@ async def clean_db(db_engine: AsyncEngine) -> AsyncIterator[None]:
     async with db_engine.begin() as conn:
         for table in reversed(SQLModel.metadata.sorted_tables):
             await conn.execute(table.delete())
+
+
+@pytest.fixture
+async def tables(db_engine: AsyncEngine) -> AsyncIterator[None]:
+    """The test-only tables of tests/tables.py, created for one test."""
+    async with scratch_tables(db_engine):
+        yield
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Dependency aliases for handlers: `SessionDep`, `CacheDep`, `ReadinessDep`, ..."""
+"""Dependency aliases for handlers: `SessionDep`, `CacheDep`, `JobsDep`, `ReadinessDep`, ..."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import SessionDep
 from app.core.health import ReadinessProbe
+from app.jobs.enqueue import JobQueueDep, JobsDep
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -31,4 +32,4 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
 ReadinessDep = Annotated[ReadinessProbe, Depends(get_readiness_probe)]
 
-__all__ = ["CacheDep", "ReadinessDep", "SessionDep", "SettingsDep"]
+__all__ = ["CacheDep", "JobQueueDep", "JobsDep", "ReadinessDep", "SessionDep", "SettingsDep"]

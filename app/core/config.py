@@ -12,8 +12,17 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.core.ratelimit import Rate, parse_rate
 
 DEFAULT_SECRET_KEY = "change-me-in-production-this-is-not-a-secret"  # noqa: S105
 MIN_SECRET_KEY_LENGTH = 32
@@ -72,6 +81,17 @@ class Settings(BaseSettings):
     HEALTH_CHECK_TIMEOUT: float = Field(default=2.0, gt=0, le=60)
     READINESS_REQUIRES_REDIS: bool = False
 
+    JOBS_QUEUE_NAME: str = Field(default="arq:queue", pattern=r"^[A-Za-z0-9:._\-]{1,100}$")
+    JOB_TIMEOUT: float = Field(default=300.0, gt=0, le=86_400)
+    JOB_MAX_TRIES: int = Field(default=5, ge=1, le=100)
+    JOB_RETRY_DELAY: float = Field(default=5.0, ge=0, le=3600)
+    JOB_KEEP_RESULT: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    SOFT_DELETE_RETENTION_DAYS: int = Field(default=30, ge=1, le=36_500)
+
+    RATE_LIMIT_DEFAULT: str = "100/minute"
+    RATE_LIMIT_FAIL_OPEN: bool = True
+    TRUSTED_PROXIES: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
+
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
@@ -102,6 +122,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an http(s) origin")
         return [origin.rstrip("/") for origin in value]
 
+    @field_validator("TRUSTED_PROXIES", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("RATE_LIMIT_DEFAULT")
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        parse_rate(value)  # raises ValueError with the accepted forms
+        return value.strip()
+
     @field_validator("DATABASE_URL")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
@@ -119,6 +152,15 @@ class Settings(BaseSettings):
         if url and not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be empty or a redis://, rediss:// or unix:// URL")
         return url
+
+    @model_validator(mode="after")
+    def _fail_closed_needs_redis(self) -> Self:
+        if not self.RATE_LIMIT_FAIL_OPEN and not self.REDIS_URL:
+            raise ValueError(
+                "RATE_LIMIT_FAIL_OPEN=false needs REDIS_URL: without Redis every limited "
+                "route would answer 503"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Self:
@@ -146,6 +188,10 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.ENVIRONMENT is Environment.PRODUCTION
+
+    @property
+    def rate_limit_default(self) -> Rate:
+        return parse_rate(self.RATE_LIMIT_DEFAULT)
 
     @property
     def log_format(self) -> Literal["console", "json"]:

@@ -4,11 +4,16 @@
 from settings; the app's lifespan owns it. `get_session` is the one transaction
 boundary for requests: it commits when the handler succeeds and rolls back when
 anything raises. Scripts and jobs use `session_context`, which behaves the same.
+
+`on_commit(session, callback)` defers work (sending a job, say) until the session's
+transaction has committed; a rollback discards it, so nothing leaves the process
+for data that was never stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -23,6 +28,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core.config import Settings
 
 SessionFactory = async_sessionmaker[AsyncSession]
+AfterCommit = Callable[[], Awaitable[None]]
+
+logger = logging.getLogger(__name__)
+_AFTER_COMMIT = "after_commit"
 
 
 def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _: ConnectionPoolEntry) -> None:
@@ -63,16 +72,35 @@ def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
+def on_commit(session: AsyncSession, callback: AfterCommit) -> None:
+    """Run `callback` once `session_context` (or `SessionDep`) has committed `session`;
+    drop it if the transaction rolls back. Callbacks run in order; one that raises is
+    logged and does not stop the others or undo the commit."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+async def _run_after_commit(session: AsyncSession) -> None:
+    callbacks: list[AfterCommit] = session.info.pop(_AFTER_COMMIT, [])
+    for callback in callbacks:
+        try:
+            await callback()
+        except Exception:
+            logger.exception("after-commit callback %r failed", callback)
+
+
 @asynccontextmanager
 async def session_context(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
-    """A session whose transaction commits on success and rolls back on error."""
+    """A session whose transaction commits on success and rolls back on error; work
+    registered with `on_commit` runs after the commit."""
     async with factory() as session:
         try:
             yield session
             await session.commit()
         except BaseException:
+            session.info.pop(_AFTER_COMMIT, None)
             await session.rollback()
             raise
+        await _run_after_commit(session)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

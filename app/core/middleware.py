@@ -7,6 +7,8 @@ each ASGI layer costs a call and a wrapped `send` on every request:
   in a context variable for logs and echoes it on every response, errors included;
 * security headers on every response;
 * one structured access-log line per request;
+* headers a dependency asked for with `set_response_header` (rate-limit headers, say),
+  added to whatever response the request ends with, errors included;
 * a last-resort 500 in the standard error shape for exceptions nothing else handled
   (the traceback is logged with the request id, never sent).
 """
@@ -28,6 +30,7 @@ from app.core.logging import log_access, request_id_var
 error_logger = logging.getLogger("app.errors")
 
 REQUEST_ID_HEADER = b"x-request-id"
+RESPONSE_HEADERS_KEY = "app.response_headers"
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 _BASE_SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
@@ -58,6 +61,13 @@ def new_request_id() -> str:
     return f"{_random_bits(128):032x}"
 
 
+def set_response_header(scope: Scope, name: bytes, value: bytes) -> None:
+    """Put a header on this request's response, whatever it turns out to be (a 2xx, a
+    handled error or the last-resort 500); `name` must be lower-case."""
+    headers: dict[bytes, bytes] = scope.setdefault(RESPONSE_HEADERS_KEY, {})
+    headers[name] = value
+
+
 class RequestContextMiddleware:
     """Request id, security headers, access log and last-resort error rendering."""
 
@@ -74,6 +84,9 @@ class RequestContextMiddleware:
             return
         request_id = _incoming_request_id(scope) or new_request_id()
         token = request_id_var.set(request_id)
+        # Shared by reference, so it survives layers that copy the scope dict.
+        added_headers: dict[bytes, bytes] = {}
+        scope[RESPONSE_HEADERS_KEY] = added_headers
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -86,7 +99,11 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", ()), *extra_headers]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    *extra_headers,
+                    *added_headers.items(),
+                ]
             await send(message)
 
         try:

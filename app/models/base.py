@@ -1,7 +1,9 @@
 """Shared model building blocks: ids, database-set timestamps, soft delete, naming.
 
 Every table gets a time-ordered UUID primary key and `created_at`/`updated_at`
-columns the database fills. `SoftDeleteMixin` adds `deleted_at` with helpers.
+columns the database fills. `SoftDeleteMixin` adds `deleted_at` with helpers;
+decorating a table model with `@purgeable` lets the purge job hard-delete its rows
+once they have been soft-deleted for `SOFT_DELETE_RETENTION_DAYS`.
 The metadata naming convention keeps constraint names deterministic, so
 migrations autogenerate the same names on SQLite and PostgreSQL.
 """
@@ -12,7 +14,7 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, func
 from sqlalchemy.engine import Dialect
@@ -103,3 +105,24 @@ class SoftDeleteMixin(SQLModel):
     def only_deleted(cls) -> ColumnElement[bool]:
         column: Any = cls.deleted_at
         return column.is_not(None)  # type: ignore[no-any-return]
+
+
+SoftDeletable = TypeVar("SoftDeletable", bound=type[SoftDeleteMixin])
+_PURGEABLE: dict[str, type[SoftDeleteMixin]] = {}
+
+
+def purgeable(model: SoftDeletable) -> SoftDeletable:
+    """Class decorator: rows of this table model soft-deleted longer ago than the
+    retention period are hard-deleted by the purge job. Models without it are never purged."""
+    table = getattr(model, "__table__", None)
+    if table is None:
+        raise TypeError(f"{model.__name__} is not a table model (table=True)")
+    if len(table.primary_key.columns) != 1:
+        raise TypeError(f"{model.__name__} needs a single-column primary key to be purged")
+    _PURGEABLE[f"{model.__module__}.{model.__qualname__}"] = model
+    return model
+
+
+def purgeable_models() -> tuple[type[SoftDeleteMixin], ...]:
+    """The models registered with `@purgeable` (import `app.models` first to load them all)."""
+    return tuple(_PURGEABLE.values())

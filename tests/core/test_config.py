@@ -53,6 +53,9 @@ def test_cors_origins_accept_a_json_list() -> None:
         ("API_V1_STR", "api/v1", "start with '/'"),
         ("BACKEND_CORS_ORIGINS", "ftp://x", "http(s) origin"),
         ("HEALTH_CHECK_TIMEOUT", "-1", "greater than 0"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8, proxy.local", "IPv4 or IPv6 network"),
+        ("JOBS_QUEUE_NAME", "my queue", "pattern"),
+        ("JOB_MAX_TRIES", "0", "greater than or equal to 1"),
     ],
 )
 def test_bad_values_fail_naming_the_variable_and_reason(

@@ -1,0 +1,286 @@
+"""Rate limits: GCRA in Redis, keyed by principal or client IP, as a route dependency.
+
+The algorithm is the generic cell rate algorithm: a limit of N per period P allows a
+burst of N, then one request every P/N. Each key stores one timestamp (the
+theoretical arrival time), updated by one atomic Lua script, so there is no window
+edge to burst across: N requests at the end of one minute leave nothing for the
+start of the next. Time comes from the app server (in milliseconds), which also lets
+tests drive it.
+
+`RateLimit("10/minute", scope="items:write")` (or `rate_limit(...)`, the same wrapped
+in `Depends`) limits a route or, in a router's `dependencies`, every route of it.
+Limited routes answer with `RateLimit-Limit`, `RateLimit-Remaining` and
+`RateLimit-Reset` on every response, and with a 429 plus `Retry-After` when the limit
+is hit. When Redis is down the limiter fails open (allows, logs a throttled warning)
+or, with `RATE_LIMIT_FAIL_OPEN=false`, closed (503).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import Protocol
+
+from fastapi import Depends, Request
+from fastapi.params import Depends as DependsParam
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.types import Scope
+
+from app.core.exceptions import RateLimitError, ServiceUnavailableError
+from app.core.middleware import RESPONSE_HEADERS_KEY, set_response_header
+
+logger = logging.getLogger(__name__)
+
+_WARN_INTERVAL = 30.0
+_BACKOFF = 2.0
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+_UNITS = {
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
+    **dict.fromkeys(("h", "hour", "hours"), 3600),
+    **dict.fromkeys(("d", "day", "days"), 86_400),
+}
+_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*", re.IGNORECASE)
+
+# KEYS[1] bucket; ARGV: now (ms), emission interval (ms), period (ms).
+# Returns {1, ms until the bucket is full again} or {0, ms until full, ms until allowed}.
+_GCRA = """
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local period = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat or tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - period
+if allow_at > now then
+  return {0, string.format('%.3f', tat - now), string.format('%.3f', allow_at - now)}
+end
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now))
+return {1, string.format('%.3f', new_tat - now), '0'}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """`count` requests per `period` seconds."""
+
+    count: int
+    period: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.period:g}s"
+
+
+@lru_cache(maxsize=256)
+def parse_rate(text: str) -> Rate:
+    """Parse `100/minute`, `10/second`, `1000/hour`, `5/10seconds`, `20/day`."""
+    match = _RATE.fullmatch(text)
+    unit = _UNITS.get(match.group(3).lower()) if match else None
+    if match is None or unit is None:
+        raise ValueError(
+            f"{text!r} is not a rate; use COUNT/[N]UNIT with UNIT second, minute, hour or "
+            "day, e.g. 100/minute or 5/10seconds"
+        )
+    count, multiplier = int(match.group(1)), int(match.group(2) or 1)
+    if count < 1 or multiplier < 1:
+        raise ValueError(f"{text!r}: the count and the period must be at least 1")
+    return Rate(count, float(multiplier * unit))
+
+
+class PrincipalLike(Protocol):
+    """What the limiter needs from an authenticated caller."""
+
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def subject(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitResult:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: float
+    retry_after: float
+
+    def headers(self) -> dict[bytes, bytes]:
+        return {
+            b"ratelimit-limit": str(self.limit).encode(),
+            b"ratelimit-remaining": str(self.remaining).encode(),
+            b"ratelimit-reset": str(math.ceil(self.reset_after)).encode(),
+        }
+
+
+Network = IPv4Network | IPv6Network
+Address = IPv4Address | IPv6Address
+
+
+def _parse_ip(text: str) -> Address | None:
+    try:
+        address = ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class RateLimiter:
+    """The limiter the lifespan builds: one Redis script and the client-address rules."""
+
+    def __init__(
+        self,
+        redis: Redis | None,
+        *,
+        default: Rate,
+        fail_open: bool = True,
+        trusted_proxies: Sequence[Network] = (),
+        prefix: str = "ratelimit:",
+    ) -> None:
+        self.redis = redis
+        self.default = default
+        self.fail_open = fail_open
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.prefix = prefix
+        self._script = redis.register_script(_GCRA) if redis is not None else None
+        self._skip_until = 0.0
+        self._last_warning = -_WARN_INTERVAL
+
+    async def hit(
+        self, key: str, rate: Rate, *, now: float | None = None
+    ) -> RateLimitResult | None:
+        """Count one request against `key`; None when Redis could not answer."""
+        if self._script is None or time.monotonic() < self._skip_until:
+            return None
+        now_ms = (time.time() if now is None else now) * 1000
+        interval_ms = rate.period * 1000 / rate.count
+        args = (f"{now_ms:.3f}", f"{interval_ms:.3f}", f"{rate.period * 1000:.3f}")
+        try:
+            allowed, full_in, retry_in = await self._script(keys=[self.prefix + key], args=args)
+        except _REDIS_ERRORS as exc:
+            self._failed(exc)
+            return None
+        used_ms = float(full_in)
+        if not int(allowed):
+            return RateLimitResult(False, rate.count, 0, used_ms / 1000, float(retry_in) / 1000)
+        remaining = int((rate.period * 1000 - used_ms) / interval_ms + 1e-6)
+        return RateLimitResult(True, rate.count, max(0, remaining), used_ms / 1000, 0.0)
+
+    def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._skip_until = now + _BACKOFF
+        if now - self._last_warning >= _WARN_INTERVAL:
+            self._last_warning = now
+            action = "allowing requests" if self.fail_open else "refusing limited routes"
+            logger.warning("rate limiter cannot reach Redis (%s); %s", type(exc).__name__, action)
+
+    def _is_trusted(self, address: Address) -> bool:
+        return any(address in network for network in self.trusted_proxies)
+
+    def client_ip(self, scope: Scope) -> str:
+        """The caller's address: the peer, or, when the peer is a trusted proxy, the
+        right-most `X-Forwarded-For` entry that is not itself a trusted proxy."""
+        client = scope.get("client")
+        peer = _parse_ip(client[0]) if client else None
+        if peer is None:
+            return client[0] if client else "unknown"
+        if not self.trusted_proxies or not self._is_trusted(peer):
+            return str(peer)
+        nearest = peer
+        for hop in reversed(_forwarded_for(scope)):
+            address = _parse_ip(hop)
+            if address is None:
+                break
+            nearest = address
+            if not self._is_trusted(address):
+                break
+        return str(nearest)
+
+    def identity(self, scope: Scope, principal: PrincipalLike | None) -> str:
+        """Who a request counts against: the principal when authenticated, else the IP."""
+        if principal is not None:
+            return f"user:{principal.provider}:{principal.subject}"
+        return f"ip:{self.client_ip(scope)}"
+
+
+def _forwarded_for(scope: Scope) -> list[str]:
+    hops: list[str] = []
+    for name, value in scope["headers"]:
+        if name == b"x-forwarded-for":
+            hops.extend(value.decode("latin-1").split(","))
+    return hops
+
+
+def _report(scope: Scope, result: RateLimitResult) -> None:
+    """Set the RateLimit-* headers, keeping the tightest limit when several apply."""
+    current = scope.get(RESPONSE_HEADERS_KEY, {}).get(b"ratelimit-remaining")
+    if current is not None and int(current) <= result.remaining and result.allowed:
+        return
+    for name, value in result.headers().items():
+        set_response_header(scope, name, value)
+
+
+def _route_scope(request: Request) -> str:
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    return f"{request.method}:{path}"
+
+
+class RateLimit:
+    """A dependency limiting the routes it is attached to.
+
+    `rate` is a string like `10/minute` (checked here, at import) or None for
+    `RATE_LIMIT_DEFAULT`. Routes sharing a `scope` share one budget per caller; without
+    one, each route (method and path template) has its own.
+    """
+
+    def __init__(self, rate: str | Rate | None = None, *, scope: str | None = None) -> None:
+        self.rate = parse_rate(rate) if isinstance(rate, str) else rate
+        self.scope = scope
+
+    async def __call__(self, request: Request) -> None:
+        principal: PrincipalLike | None = getattr(request.state, "principal", None)
+        await self.check(request, principal)
+
+    def key(self, request: Request, principal: PrincipalLike | None) -> str:
+        """The bucket: this limit's scope (or the route) and the caller's identity."""
+        limiter: RateLimiter = request.state.rate_limiter
+        identity = limiter.identity(request.scope, principal)
+        return f"{self.scope or _route_scope(request)}:{identity}"
+
+    async def check(self, request: Request, principal: PrincipalLike | None) -> None:
+        """Count the request; raise `RateLimitError` (429) over the limit."""
+        limiter: RateLimiter = request.state.rate_limiter
+        rate = self.rate or limiter.default
+        result = await limiter.hit(self.key(request, principal), rate)
+        if result is None:
+            if limiter.redis is not None and not limiter.fail_open:
+                raise ServiceUnavailableError(
+                    "Rate limiting is unavailable; try again shortly.",
+                    headers={"Retry-After": str(math.ceil(_BACKOFF))},
+                )
+            return
+        _report(request.scope, result)
+        if not result.allowed:
+            retry_after = str(max(1, math.ceil(result.retry_after)))
+            raise RateLimitError(
+                f"Rate limit of {rate.count} per {rate.period:g}s exceeded; "
+                f"retry in {retry_after}s.",
+                details={"limit": rate.count, "period_seconds": rate.period},
+                headers={"Retry-After": retry_after},
+            )
+
+
+def rate_limit(rate: str | Rate | None = None, *, scope: str | None = None) -> DependsParam:
+    """`RateLimit(...)` wrapped in `Depends`, for `dependencies=[rate_limit("10/minute")]`."""
+    dependency: DependsParam = Depends(RateLimit(rate, scope=scope))
+    return dependency

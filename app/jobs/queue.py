@@ -1,0 +1,249 @@
+"""The job queue as the application sees it: prepare, send and report on jobs.
+
+`JobQueue` wraps arq's Redis client; with `worker.py` it is the only code that knows
+arq, so another queue could replace it here. Each job carries a small metadata
+record next to its arguments (the request id that enqueued it and its owner), which
+Redis keeps exactly as long as the job and its result, so "who may see this job"
+never outlives or expires before the job itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from arq.connections import ArqRedis
+from arq.constants import (
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.jobs import DeserializationError, JobDef, JobResult, deserialize_job, deserialize_result
+from redis.asyncio import Redis
+
+from app.core.cache import REDIS_ERRORS
+from app.core.exceptions import ServiceUnavailableError
+from app.core.logging import request_id_var
+from app.jobs.serialization import JobError, job_deserializer, job_serializer
+
+if TYPE_CHECKING:
+    from app.jobs.registry import JobFunction
+
+logger = logging.getLogger(__name__)
+
+META_KWARG = "_meta"
+UNAVAILABLE_MESSAGE = "Background jobs are unavailable right now; try again shortly."
+_CONFIRMED_FOR = 1.0
+_BACKOFF = 2.0
+_JOB_ID = re.compile(r"[A-Za-z0-9:._\-]{1,128}")
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    """A checked job, ready to be sent."""
+
+    id: str
+    function: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    defer_by: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """A job's state; `result` when complete, `error` (the exception type) when failed."""
+
+    id: str
+    function: str
+    state: JobState
+    owner: str | None
+    request_id: str | None
+    attempts: int
+    enqueued_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: Any = None
+    error: str | None = None
+
+
+def _meta(definition: JobDef) -> dict[str, Any]:
+    meta = definition.kwargs.get(META_KWARG)
+    return meta if isinstance(meta, dict) else {}
+
+
+def _from_result(job_id: str, result: JobResult) -> JobInfo:
+    meta = _meta(result)
+    error = None
+    if not result.success:
+        outcome = result.result
+        error = outcome.type_name if isinstance(outcome, JobError) else str(outcome)
+    return JobInfo(
+        id=job_id,
+        function=result.function,
+        state=JobState.COMPLETE if result.success else JobState.FAILED,
+        owner=meta.get("owner"),
+        request_id=meta.get("request_id"),
+        attempts=result.job_try or 1,
+        enqueued_at=result.enqueue_time,
+        started_at=result.start_time,
+        finished_at=result.finish_time,
+        result=result.result if result.success else None,
+        error=error,
+    )
+
+
+def _from_definition(job_id: str, definition: JobDef, running: bool, tries: int) -> JobInfo:
+    meta = _meta(definition)
+    return JobInfo(
+        id=job_id,
+        function=definition.function,
+        state=JobState.IN_PROGRESS if running else JobState.QUEUED,
+        owner=meta.get("owner"),
+        request_id=meta.get("request_id"),
+        attempts=tries,
+        enqueued_at=definition.enqueue_time,
+    )
+
+
+class JobQueue:
+    """Sends jobs to, and reads their state from, one named queue."""
+
+    def __init__(self, redis: ArqRedis, *, queue_name: str) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self._confirmed_until = 0.0
+        self._down_until = 0.0
+
+    @classmethod
+    def over(cls, redis: Redis, *, queue_name: str) -> JobQueue:
+        """A queue sharing `redis`'s connection pool (and its timeouts); opens nothing."""
+        arq_redis = ArqRedis(
+            redis.connection_pool,
+            job_serializer=job_serializer,
+            job_deserializer=job_deserializer,
+            default_queue_name=queue_name,
+        )
+        return cls(arq_redis, queue_name=queue_name)
+
+    def prepare(
+        self,
+        function: JobFunction[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        owner: str | None = None,
+        defer_by: float | None = None,
+    ) -> PreparedJob:
+        """Check the arguments (`JobPayloadError` if they cannot be sent) and give the job an id."""
+        function.check_arguments(args, kwargs)
+        meta = {"request_id": request_id_var.get(), "owner": owner}
+        return PreparedJob(
+            id=uuid.uuid4().hex,
+            function=function.name,
+            args=args,
+            kwargs={**kwargs, META_KWARG: meta},
+            defer_by=defer_by,
+        )
+
+    async def ensure_available(self) -> None:
+        """Raise `ServiceUnavailableError` unless Redis answers (checked at most once a second;
+        after a failure, refused at once for a short back-off)."""
+        now = time.monotonic()
+        if now < self._confirmed_until:
+            return
+        if now < self._down_until:
+            raise ServiceUnavailableError(UNAVAILABLE_MESSAGE)
+        try:
+            await self.redis.ping()
+        except REDIS_ERRORS as exc:
+            self._down_until = time.monotonic() + _BACKOFF
+            logger.warning("job queue unavailable: Redis did not answer (%s)", type(exc).__name__)
+            raise ServiceUnavailableError(UNAVAILABLE_MESSAGE) from None
+        self._confirmed_until = time.monotonic() + _CONFIRMED_FOR
+
+    async def send(self, job: PreparedJob) -> None:
+        """Put the job on the queue now (raises on Redis errors)."""
+        queued = await self.redis.enqueue_job(
+            job.function, *job.args, _job_id=job.id, _defer_by=job.defer_by, **job.kwargs
+        )
+        if queued is None:
+            logger.warning("job %s (%s) was already queued", job.id, job.function)
+            return
+        self._confirmed_until = time.monotonic() + _CONFIRMED_FOR
+        logger.info("job %s (%s) queued", job.id, job.function, extra={"job_id": job.id})
+
+    async def send_after_commit(self, job: PreparedJob) -> None:
+        """`send`, for after a commit: a failure is logged with the job id, never raised."""
+        try:
+            await self.send(job)
+        except REDIS_ERRORS as exc:
+            self._down_until = time.monotonic() + _BACKOFF
+            logger.error(
+                "job %s (%s) was committed but could not be queued: %s",
+                job.id,
+                job.function,
+                type(exc).__name__,
+                extra={"job_id": job.id},
+            )
+
+    async def enqueue(
+        self,
+        function: JobFunction[..., Any],
+        /,
+        *args: Any,
+        _owner: str | None = None,
+        _defer_by: float | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Send a job at once, outside any transaction (scripts, tests); returns its id."""
+        job = self.prepare(function, args, kwargs, owner=_owner, defer_by=_defer_by)
+        try:
+            await self.send(job)
+        except REDIS_ERRORS:
+            raise ServiceUnavailableError(UNAVAILABLE_MESSAGE) from None
+        return job.id
+
+    async def info(self, job_id: str) -> JobInfo | None:
+        """The job's state, or None when no such job is known (or its result has expired)."""
+        if not _JOB_ID.fullmatch(job_id):
+            return None
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(result_key_prefix + job_id)
+                pipe.get(job_key_prefix + job_id)
+                pipe.exists(in_progress_key_prefix + job_id)
+                pipe.get(retry_key_prefix + job_id)
+                result, definition, running, tries = await pipe.execute()
+        except REDIS_ERRORS:
+            raise ServiceUnavailableError(UNAVAILABLE_MESSAGE) from None
+        try:
+            if result:
+                finished = deserialize_result(result, deserializer=job_deserializer)
+                return _from_result(job_id, finished)
+            if definition:
+                parsed = deserialize_job(definition, deserializer=job_deserializer)
+                return _from_definition(job_id, parsed, bool(running), int(tries or 0))
+        except DeserializationError:
+            logger.warning("job %s has a record this application cannot read", job_id)
+        return None
+
+    async def info_for(self, job_id: str, owner: str) -> JobInfo | None:
+        """`info`, but None unless the job was enqueued with `_owner=owner`."""
+        info = await self.info(job_id)
+        if info is None or info.owner is None or info.owner != owner:
+            return None
+        return info

@@ -1,0 +1,105 @@
+"""The arq worker: `arq app.jobs.worker.WorkerSettings` runs it, `arq --check ...` probes it.
+
+`FUNCTIONS` and `CRON_JOBS` below are the one place jobs are registered. On start-up
+the worker opens its own database engine, session factory and Redis client (closed
+on shutdown). `WorkerSettings` is built from `get_settings()` the first time it is
+looked up, so importing this module reads no configuration and opens nothing;
+tests build their own with `worker_options(settings, ...)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from arq.connections import RedisSettings
+
+from app.core.cache import Cache, create_redis
+from app.core.config import ConfigError, Settings, get_settings
+from app.core.db import create_engine, create_session_factory
+from app.core.logging import setup_logging
+from app.jobs.purge import purge_soft_deleted
+from app.jobs.queue import JobQueue
+from app.jobs.registry import JobFunction
+from app.jobs.serialization import job_deserializer, job_serializer
+
+# Every job the worker runs. Add yours here.
+FUNCTIONS: tuple[JobFunction[..., Any], ...] = ()
+# (job, schedule) pairs; the schedule is in the worker's local time zone.
+CRON_JOBS: tuple[tuple[JobFunction[..., Any], dict[str, Any]], ...] = (
+    (purge_soft_deleted, {"hour": 3, "minute": 17}),
+)
+HEALTH_CHECK_INTERVAL = 30
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    """arq's connection settings from REDIS_URL."""
+    if not settings.REDIS_URL:
+        raise ConfigError("REDIS_URL must be set to run or check the job worker")
+    redis = RedisSettings.from_dsn(settings.REDIS_URL)
+    redis.conn_timeout = max(1, math.ceil(settings.REDIS_SOCKET_TIMEOUT))
+    return redis
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    setup_logging(settings.LOG_LEVEL, settings.log_format)
+    # arq's CLI gave its logger a handler of its own; from here on its lines go through
+    # ours, in the same format as the app's (and without printing each line twice).
+    logging.getLogger("arq").handlers.clear()
+    engine = create_engine(settings)
+    redis = create_redis(settings)
+    ctx.update(
+        engine=engine,
+        session_factory=create_session_factory(engine),
+        app_redis=redis,
+        cache=Cache(redis),
+        job_queue=JobQueue(ctx["redis"], queue_name=settings.JOBS_QUEUE_NAME),
+    )
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    if ctx.get("app_redis") is not None:
+        await ctx["app_redis"].aclose()
+    if "engine" in ctx:
+        await ctx["engine"].dispose()
+
+
+def worker_options(
+    settings: Settings,
+    *,
+    functions: Sequence[JobFunction[..., Any]] = FUNCTIONS,
+    cron_jobs: Sequence[tuple[JobFunction[..., Any], dict[str, Any]]] = CRON_JOBS,
+) -> dict[str, Any]:
+    """Keyword arguments for `arq.worker.Worker` (which `WorkerSettings` also holds)."""
+    return {
+        "functions": [function.for_worker() for function in functions],
+        "cron_jobs": [function.for_cron(**schedule) for function, schedule in cron_jobs],
+        "queue_name": settings.JOBS_QUEUE_NAME,
+        "redis_settings": redis_settings(settings),
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "job_timeout": settings.JOB_TIMEOUT,
+        "max_tries": settings.JOB_MAX_TRIES,
+        "keep_result": settings.JOB_KEEP_RESULT,
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+        "job_serializer": job_serializer,
+        "job_deserializer": job_deserializer,
+        "ctx": {"settings": settings},
+    }
+
+
+def build_worker_settings(settings: Settings) -> type:
+    """The class arq's CLI reads its options from."""
+    return type("WorkerSettings", (), worker_options(settings))
+
+
+def __getattr__(name: str) -> type:
+    # arq's CLI does getattr(module, "WorkerSettings"): settings are read then, not on import.
+    if name == "WorkerSettings":
+        worker_settings = build_worker_settings(get_settings())
+        globals()["WorkerSettings"] = worker_settings
+        return worker_settings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,43 @@
+"""Tables that exist only in tests, on their own metadata so migrations never see them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+from app.models.base import SoftDeleteMixin
+
+
+class ScratchTable(SQLModel, registry=registry()):
+    """Base of test-only tables: `ScratchTable.metadata` is not `SQLModel.metadata`."""
+
+
+class Note(ScratchTable, table=True):
+    __tablename__ = "test_notes"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    title: str
+
+
+class Trash(ScratchTable, SoftDeleteMixin, table=True):
+    __tablename__ = "test_trash"
+
+    id: int | None = Field(default=None, primary_key=True)
+    label: str
+
+
+@asynccontextmanager
+async def scratch_tables(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Create the test-only tables for the duration of a test, then drop them."""
+    async with engine.begin() as conn:
+        await conn.run_sync(ScratchTable.metadata.create_all)
+    try:
+        yield
+    finally:
+        async with engine.begin() as conn:
+            await conn.run_sync(ScratchTable.metadata.drop_all)
