@@ -12,7 +12,7 @@ COMPOSE ?= docker compose -f docker/docker-compose.yml
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: help venv install dev worker worker-check up down migrate test lint format bench
+.PHONY: help venv install dev worker worker-check up down migrate token test lint format bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +51,9 @@ ifdef m
 	$(RUN) alembic revision --autogenerate -m "$(m)"
 endif
 	$(RUN) alembic upgrade head
+
+token: install ## Print a local-provider token: make token sub=alice email=a@x.io roles=admin tenant=acme
+	@$(RUN) python -m scripts.token --sub "$(sub)" --email "$(email)" --roles "$(roles)" --tenant "$(tenant)" --name "$(name)" --ttl "$(or $(ttl),0)"
 
 test: install ## Run the test suite (TEST_DATABASE_URL / TEST_REDIS_URL select real services)
 	$(RUN) pytest $(ARGS)

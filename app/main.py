@@ -1,5 +1,6 @@
-"""Application factory: `create_app(settings)` wires config, database, cache, job queue,
-rate limiter, errors, middleware and routers; `app` is the instance uvicorn serves."""
+"""Application factory: `create_app(settings)` wires config, database, cache, auth,
+job queue, rate limiter, errors, middleware and routers; `app` is the instance uvicorn
+serves."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__
+from app.api import well_known
 from app.api.v1.router import api_router
+from app.core.auth_providers import ProviderConfig, provider_config
 from app.core.cache import REDIS_ERRORS, Cache, create_redis
 from app.core.config import Settings, get_settings
 from app.core.db import SessionFactory, create_engine, create_session_factory
@@ -24,6 +27,7 @@ from app.core.health import ReadinessProbe
 from app.core.logging import setup_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.ratelimit import RateLimiter
+from app.core.security import TokenVerifier
 from app.jobs.queue import JobQueue
 
 logger = logging.getLogger(__name__)
@@ -39,6 +43,7 @@ class AppState(TypedDict):
     readiness: ReadinessProbe
     jobs: JobQueue | None
     rate_limiter: RateLimiter
+    verifier: TokenVerifier
 
 
 async def _check_redis(redis: Redis | None, timeout: float) -> None:
@@ -54,11 +59,15 @@ async def _check_redis(redis: Redis | None, timeout: float) -> None:
         )
 
 
-def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[AppState]]:
+def _lifespan(
+    settings: Settings, auth: ProviderConfig
+) -> Callable[[FastAPI], AbstractAsyncContextManager[AppState]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
         engine = create_engine(settings)
         redis = create_redis(settings)
+        verifier = TokenVerifier.from_settings(settings, auth)
+        verifier.start()  # the first JWKS fetch runs in the background
         await _check_redis(redis, settings.HEALTH_CHECK_TIMEOUT)
         state = AppState(
             engine=engine,
@@ -78,10 +87,12 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
                 fail_open=settings.RATE_LIMIT_FAIL_OPEN,
                 trusted_proxies=settings.TRUSTED_PROXIES,
             ),
+            verifier=verifier,
         )
         try:
             yield state
         finally:
+            await verifier.aclose()
             if redis is not None:
                 await redis.aclose()
             await engine.dispose()
@@ -92,12 +103,13 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     setup_logging(settings.LOG_LEVEL, settings.log_format)
+    auth = provider_config(settings)
     docs = settings.docs_enabled
     app = FastAPI(
         title=settings.PROJECT_NAME,
         version=__version__,
         debug=False,
-        lifespan=_lifespan(settings),
+        lifespan=_lifespan(settings, auth),
         openapi_url=f"{settings.API_V1_STR}/openapi.json" if docs else None,
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
@@ -105,6 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     register_exception_handlers(app)
     app.include_router(api_router, prefix=settings.API_V1_STR)
+    if auth.local_jwks is not None:
+        app.include_router(well_known.router)
     if settings.BACKEND_CORS_ORIGINS:
         app.add_middleware(
             CORSMiddleware,

@@ -1,16 +1,19 @@
-"""Test plumbing: service selection, temporary databases, running apps, stub servers."""
+"""Test plumbing: service selection, temporary databases, running apps, stub servers,
+and tokens for the local auth provider."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import make_url, text
@@ -18,6 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.types import Receive, Scope, Send
 
 from app.core.config import Settings, normalise_database_url
+from app.core.local_issuer import LocalIssuer, generate_private_key_pem
 from app.main import create_app
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -36,9 +40,35 @@ def require_service(variable: str, value: str) -> str:
     pytest.skip(f"{variable} is not set; set it to run tests against a real service")
 
 
+@functools.cache
+def local_private_key() -> str:
+    """The local provider's signing key for this test run (generated once, never on disk)."""
+    return generate_private_key_pem("RS256").decode()
+
+
+def local_public_key() -> str:
+    key = serialization.load_pem_private_key(local_private_key().encode(), password=None)
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def production_auth() -> dict[str, str]:
+    """A production-valid auth configuration that needs no network (Clerk with a PEM key)."""
+    return {
+        "AUTH_PROVIDER": "clerk",
+        "CLERK_ISSUER": "https://clerk.example.com",
+        "CLERK_JWT_KEY": local_public_key(),
+    }
+
+
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "ENVIRONMENT": "test",
+        "AUTH_PROVIDER": "local",
+        "LOCAL_AUTH_PRIVATE_KEY": local_private_key(),
         "DATABASE_URL": database_url,
         "REDIS_URL": "",
         "LOG_FORMAT": "json",
@@ -49,6 +79,59 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@functools.lru_cache(maxsize=8)
+def _local_issuer(private_key: str, algorithm: str) -> LocalIssuer:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, LOCAL_AUTH_PRIVATE_KEY=private_key, LOCAL_AUTH_ALGORITHM=algorithm
+    )
+    return LocalIssuer.from_settings(settings)
+
+
+def local_token(
+    settings: Settings,
+    sub: str = "u1",
+    *,
+    email: str | None = None,
+    roles: Iterable[str] = (),
+    tenant: str | None = None,
+    **claims: Any,
+) -> str:
+    """A token the app built from `settings` (local provider) accepts."""
+    assert settings.LOCAL_AUTH_PRIVATE_KEY is not None, "settings need LOCAL_AUTH_PRIVATE_KEY"
+    issuer = _local_issuer(
+        settings.LOCAL_AUTH_PRIVATE_KEY.get_secret_value(), settings.LOCAL_AUTH_ALGORITHM
+    )
+    return issuer.issue_token(
+        sub, email=email, roles=roles, tenant_id=tenant, extra_claims=claims or None
+    )
+
+
+def auth_headers(
+    settings: Settings,
+    sub: str = "u1",
+    *,
+    email: str | None = None,
+    roles: Iterable[str] = (),
+    tenant: str | None = None,
+    **claims: Any,
+) -> dict[str, str]:
+    """`Authorization` headers for a caller of an app running the local provider."""
+    token = local_token(settings, sub, email=email, roles=roles, tenant=tenant, **claims)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_unauthorized(
+    response: Any, www_authenticate: str = 'Bearer error="invalid_token"'
+) -> dict[str, Any]:
+    """A 401 in the standard error shape with the given challenge; returns the body."""
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == www_authenticate
+    body: dict[str, Any] = response.json()
+    assert set(body["error"]) == {"code", "message", "request_id", "details"}
+    assert body["error"]["code"] == "unauthenticated"
+    return body
 
 
 @asynccontextmanager
@@ -93,6 +176,19 @@ async def running_app(
         transport = ASGITransport(app=_WithLifespanState(app, dict(state or {})))
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield app, client
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (for TTLs and cooldowns, without sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @asynccontextmanager

@@ -1,4 +1,5 @@
-"""Dependency aliases for handlers: `SessionDep`, `CacheDep`, `JobsDep`, `ReadinessDep`, ..."""
+"""Dependency aliases for handlers: `SessionDep`, `CurrentPrincipal`, `CurrentUser`,
+`JobsDep`, `CacheDep`, ..."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import SessionDep
 from app.core.health import ReadinessProbe
+from app.core.security import CurrentPrincipal, OptionalPrincipal, Principal, require_roles
 from app.jobs.enqueue import JobQueueDep, JobsDep
+from app.models.user import User
+from app.services.users import get_or_create_user
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -28,8 +32,26 @@ async def get_readiness_probe(request: Request) -> ReadinessProbe:
     return probe
 
 
+async def get_current_user(principal: CurrentPrincipal, session: SessionDep) -> User:
+    """The caller's `users` row, created on first use (401 without a valid token)."""
+    return await get_or_create_user(session, principal)
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
 ReadinessDep = Annotated[ReadinessProbe, Depends(get_readiness_probe)]
+CurrentUser = Annotated[User, Depends(get_current_user)]
 
-__all__ = ["CacheDep", "JobQueueDep", "JobsDep", "ReadinessDep", "SessionDep", "SettingsDep"]
+__all__ = [
+    "CacheDep",
+    "CurrentPrincipal",
+    "CurrentUser",
+    "JobQueueDep",
+    "JobsDep",
+    "OptionalPrincipal",
+    "Principal",
+    "ReadinessDep",
+    "SessionDep",
+    "SettingsDep",
+    "require_roles",
+]

@@ -11,6 +11,7 @@ import json
 from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -22,7 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.core.ratelimit import Rate, parse_rate
+from app.core.rates import Rate, parse_rate
 
 DEFAULT_SECRET_KEY = "change-me-in-production-this-is-not-a-secret"  # noqa: S105
 MIN_SECRET_KEY_LENGTH = 32
@@ -35,8 +36,46 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class AuthProvider(StrEnum):
+    LOCAL = "local"
+    SUPABASE = "supabase"
+    CLERK = "clerk"
+    OIDC = "oidc"
+
+
+# Asymmetric JWS algorithms an OpenID Connect issuer may sign with.
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+MIN_HMAC_SECRET_BYTES = 32
+
+
 class ConfigError(RuntimeError):
     """Raised at start-up when the environment holds an invalid setting."""
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _check_url(value: str) -> str:
+    url = value.strip()
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme not in {"https", "http"} or not parts.hostname or parts.query or " " in url:
+        raise ValueError("must be an https:// URL (http:// only outside production)")
+    return url
+
+
+def _pem(value: str) -> str:
+    # Environment variables often carry PEM blocks with literal "\n" sequences.
+    return value.strip().replace("\\n", "\n")
 
 
 def normalise_database_url(url: str) -> str:
@@ -92,6 +131,33 @@ class Settings(BaseSettings):
     RATE_LIMIT_FAIL_OPEN: bool = True
     TRUSTED_PROXIES: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
 
+    AUTH_PROVIDER: AuthProvider = AuthProvider.LOCAL
+    AUTH_HTTP_TIMEOUT: float = Field(default=5.0, gt=0, le=60)
+    AUTH_JWKS_CACHE_TTL: float = Field(default=600.0, ge=1, le=86_400)
+    AUTH_JWKS_REFRESH_COOLDOWN: float = Field(default=30.0, ge=0, le=3_600)
+    AUTH_LEEWAY: float = Field(default=30.0, ge=0, le=300)
+
+    SUPABASE_URL: str = ""
+    SUPABASE_JWT_AUDIENCE: str = "authenticated"
+    SUPABASE_JWT_SECRET: SecretStr | None = None
+
+    CLERK_ISSUER: str = ""
+    CLERK_AUTHORIZED_PARTIES: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    CLERK_JWT_KEY: str = ""
+
+    OIDC_ISSUER: str = ""
+    OIDC_AUDIENCE: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    OIDC_JWKS_URL: str = ""
+    OIDC_ALGORITHMS: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["RS256"])
+    OIDC_ROLES_CLAIM: str = "roles"
+    OIDC_TENANT_CLAIM: str = ""
+    OIDC_AUDIENCE_CLAIM: str = "aud"
+
+    LOCAL_AUTH_PRIVATE_KEY: SecretStr | None = None
+    LOCAL_AUTH_KEY_FILE: str = ".secrets/local_auth_key.pem"
+    LOCAL_AUTH_ALGORITHM: Literal["RS256", "ES256"] = "RS256"
+    LOCAL_AUTH_TOKEN_TTL: int = Field(default=3600, ge=60, le=30 * 86_400)
+
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
@@ -104,15 +170,16 @@ class Settings(BaseSettings):
             raise ValueError("must start with '/' and not end with '/', e.g. /api/v1")
         return value
 
-    @field_validator("BACKEND_CORS_ORIGINS", mode="before")
+    @field_validator(
+        "BACKEND_CORS_ORIGINS",
+        "CLERK_AUTHORIZED_PARTIES",
+        "OIDC_AUDIENCE",
+        "OIDC_ALGORITHMS",
+        mode="before",
+    )
     @classmethod
-    def _parse_origins(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+    def _parse_lists(cls, value: object) -> object:
+        return _comma_list(value)
 
     @field_validator("BACKEND_CORS_ORIGINS")
     @classmethod
@@ -153,6 +220,79 @@ class Settings(BaseSettings):
             raise ValueError("must be empty or a redis://, rediss:// or unix:// URL")
         return url
 
+    @field_validator("SUPABASE_URL", "CLERK_ISSUER")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        return _check_url(value).rstrip("/")
+
+    @field_validator("OIDC_ISSUER", "OIDC_JWKS_URL")
+    @classmethod
+    def _check_exact_url(cls, value: str) -> str:
+        # Kept exactly as given: Auth0's issuer ends with "/" and `iss` is compared as is.
+        return _check_url(value)
+
+    @field_validator("SUPABASE_JWT_SECRET")
+    @classmethod
+    def _check_shared_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_HMAC_SECRET_BYTES} bytes")
+        return value
+
+    @field_validator("OIDC_ALGORITHMS")
+    @classmethod
+    def _check_algorithms(cls, value: list[str]) -> list[str]:
+        unknown = [alg for alg in value if alg not in ASYMMETRIC_ALGORITHMS]
+        if unknown or not value:
+            raise ValueError(
+                f"must be a comma list of asymmetric algorithms from "
+                f"{', '.join(sorted(ASYMMETRIC_ALGORITHMS))} (got {', '.join(unknown) or 'none'})"
+            )
+        return value
+
+    @field_validator("CLERK_JWT_KEY")
+    @classmethod
+    def _check_public_key(cls, value: str) -> str:
+        pem = _pem(value)
+        if pem and "-----BEGIN PUBLIC KEY-----" not in pem:
+            raise ValueError("must be a PEM public key (-----BEGIN PUBLIC KEY-----)")
+        return pem
+
+    @field_validator("LOCAL_AUTH_PRIVATE_KEY")
+    @classmethod
+    def _check_private_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        pem = _pem(value.get_secret_value())
+        if "PRIVATE KEY-----" not in pem:
+            raise ValueError("must be a PEM private key (-----BEGIN PRIVATE KEY-----)")
+        return SecretStr(pem)
+
+    @model_validator(mode="after")
+    def _check_auth_provider(self) -> Self:
+        required = {
+            AuthProvider.SUPABASE: ("SUPABASE_URL",),
+            AuthProvider.CLERK: ("CLERK_ISSUER",),
+            AuthProvider.OIDC: ("OIDC_ISSUER", "OIDC_AUDIENCE"),
+            AuthProvider.LOCAL: (),
+        }[self.AUTH_PROVIDER]
+        missing = [name for name in required if not getattr(self, name)]
+        if missing:
+            raise ValueError(
+                f"AUTH_PROVIDER={self.AUTH_PROVIDER.value} needs {' and '.join(missing)}"
+            )
+        return self
+
+    def _auth_production_problems(self) -> list[str]:
+        problems = []
+        if self.AUTH_PROVIDER is AuthProvider.LOCAL:
+            problems.append(
+                "AUTH_PROVIDER=local is for development and tests; use supabase, clerk or oidc"
+            )
+        for name in ("SUPABASE_URL", "CLERK_ISSUER", "OIDC_ISSUER", "OIDC_JWKS_URL"):
+            if str(getattr(self, name)).startswith("http://"):
+                problems.append(f"{name} must be an https:// URL")
+        return problems
+
     @model_validator(mode="after")
     def _fail_closed_needs_redis(self) -> Self:
         if not self.RATE_LIMIT_FAIL_OPEN and not self.REDIS_URL:
@@ -177,6 +317,7 @@ class Settings(BaseSettings):
             problems.append("DEBUG must be false")
         if self.is_sqlite:
             problems.append("DATABASE_URL must point at PostgreSQL, not SQLite")
+        problems.extend(self._auth_production_problems())
         if problems:
             raise ValueError("refusing to start in production: " + "; ".join(problems))
         return self

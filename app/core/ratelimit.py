@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Protocol
 
@@ -35,19 +33,14 @@ from starlette.types import Scope
 
 from app.core.exceptions import RateLimitError, ServiceUnavailableError
 from app.core.middleware import RESPONSE_HEADERS_KEY, set_response_header
+from app.core.rates import Rate, parse_rate
+from app.core.security import OptionalPrincipal
 
 logger = logging.getLogger(__name__)
 
 _WARN_INTERVAL = 30.0
 _BACKOFF = 2.0
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-_UNITS = {
-    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
-    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
-    **dict.fromkeys(("h", "hour", "hours"), 3600),
-    **dict.fromkeys(("d", "day", "days"), 86_400),
-}
-_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*", re.IGNORECASE)
 
 # KEYS[1] bucket; ARGV: now (ms), emission interval (ms), period (ms).
 # Returns {1, ms until the bucket is full again} or {0, ms until full, ms until allowed}.
@@ -65,33 +58,6 @@ end
 redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now))
 return {1, string.format('%.3f', new_tat - now), '0'}
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """`count` requests per `period` seconds."""
-
-    count: int
-    period: float
-
-    def __str__(self) -> str:
-        return f"{self.count}/{self.period:g}s"
-
-
-@lru_cache(maxsize=256)
-def parse_rate(text: str) -> Rate:
-    """Parse `100/minute`, `10/second`, `1000/hour`, `5/10seconds`, `20/day`."""
-    match = _RATE.fullmatch(text)
-    unit = _UNITS.get(match.group(3).lower()) if match else None
-    if match is None or unit is None:
-        raise ValueError(
-            f"{text!r} is not a rate; use COUNT/[N]UNIT with UNIT second, minute, hour or "
-            "day, e.g. 100/minute or 5/10seconds"
-        )
-    count, multiplier = int(match.group(1)), int(match.group(2) or 1)
-    if count < 1 or multiplier < 1:
-        raise ValueError(f"{text!r}: the count and the period must be at least 1")
-    return Rate(count, float(multiplier * unit))
 
 
 class PrincipalLike(Protocol):
@@ -247,8 +213,7 @@ class RateLimit:
         self.rate = parse_rate(rate) if isinstance(rate, str) else rate
         self.scope = scope
 
-    async def __call__(self, request: Request) -> None:
-        principal: PrincipalLike | None = getattr(request.state, "principal", None)
+    async def __call__(self, request: Request, principal: OptionalPrincipal) -> None:
         await self.check(request, principal)
 
     def key(self, request: Request, principal: PrincipalLike | None) -> str:

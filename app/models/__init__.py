@@ -1,5 +1,6 @@
 """Table models. Import every model here so Alembic and `init_db` see all tables."""
 
 from app.models.base import BaseTable, SoftDeleteMixin
+from app.models.user import User
 
-__all__ = ["BaseTable", "SoftDeleteMixin"]
+__all__ = ["BaseTable", "SoftDeleteMixin", "User"]

@@ -9,6 +9,8 @@ from tests.support import make_settings
 SQLITE = "sqlite+aiosqlite:///./test.db"
 STRONG_SECRET = "x" * 48
 PG = "postgresql+asyncpg://app@db/app"
+PROD_AUTH = {"AUTH_PROVIDER": "oidc", "OIDC_ISSUER": "https://id.example/", "OIDC_AUDIENCE": "api"}
+SAFE_PROD = {"DATABASE_URL": PG, "SECRET_KEY": STRONG_SECRET, **PROD_AUTH}
 
 
 @pytest.mark.parametrize(
@@ -76,18 +78,12 @@ def test_development_defaults_are_safe_for_a_laptop() -> None:
 
 
 def test_json_logs_and_no_docs_outside_development() -> None:
-    settings = load_settings(
-        _env_file=None, ENVIRONMENT="production", SECRET_KEY=STRONG_SECRET, DATABASE_URL=PG
-    )
+    settings = load_settings(_env_file=None, ENVIRONMENT="production", **SAFE_PROD)
     assert settings.ENVIRONMENT is Environment.PRODUCTION
     assert settings.log_format == "json"
     assert not settings.docs_enabled
     assert load_settings(
-        _env_file=None,
-        ENVIRONMENT="production",
-        SECRET_KEY=STRONG_SECRET,
-        DATABASE_URL=PG,
-        DOCS_ENABLED=True,
+        _env_file=None, ENVIRONMENT="production", DOCS_ENABLED=True, **SAFE_PROD
     ).docs_enabled
 
 
@@ -98,6 +94,17 @@ def test_json_logs_and_no_docs_outside_development() -> None:
         ({"DATABASE_URL": PG, "SECRET_KEY": "short"}, "SECRET_KEY"),
         ({"DATABASE_URL": PG, "SECRET_KEY": STRONG_SECRET, "DEBUG": True}, "DEBUG"),
         ({"DATABASE_URL": SQLITE, "SECRET_KEY": STRONG_SECRET}, "SQLite"),
+        ({**SAFE_PROD, "AUTH_PROVIDER": "local"}, "AUTH_PROVIDER=local"),
+        ({**SAFE_PROD, "OIDC_ISSUER": "http://id.example"}, "OIDC_ISSUER must be an https"),
+        ({**SAFE_PROD, "OIDC_JWKS_URL": "http://id.example/k"}, "OIDC_JWKS_URL must be an https"),
+        (
+            {**SAFE_PROD, "AUTH_PROVIDER": "supabase", "SUPABASE_URL": "http://x.supabase.co"},
+            "SUPABASE_URL must be an https",
+        ),
+        (
+            {**SAFE_PROD, "AUTH_PROVIDER": "clerk", "CLERK_ISSUER": "http://clerk.example"},
+            "CLERK_ISSUER must be an https",
+        ),
     ],
 )
 def test_production_refuses_unsafe_values(overrides: dict[str, object], reason: str) -> None:
@@ -130,3 +137,54 @@ def test_env_example_documents_every_setting_once() -> None:
     assert sorted(names) == sorted(Settings.model_fields)
     # The example file itself is a valid configuration.
     assert load_settings(_env_file=Path(__file__).resolve().parents[2] / ".env.example")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"AUTH_PROVIDER": "oidc"}, "OIDC_ISSUER and OIDC_AUDIENCE"),
+        ({"AUTH_PROVIDER": "oidc", "OIDC_ISSUER": "https://id.example"}, "OIDC_AUDIENCE"),
+        ({"AUTH_PROVIDER": "supabase"}, "SUPABASE_URL"),
+        ({"AUTH_PROVIDER": "clerk"}, "CLERK_ISSUER"),
+        ({"AUTH_PROVIDER": "auth0"}, "AUTH_PROVIDER"),
+        ({"SUPABASE_JWT_SECRET": "too-short"}, "SUPABASE_JWT_SECRET"),
+        ({"OIDC_ALGORITHMS": "RS256,HS256"}, "OIDC_ALGORITHMS"),
+        ({"OIDC_ALGORITHMS": "none"}, "OIDC_ALGORITHMS"),
+        ({"OIDC_ISSUER": "ftp://id.example"}, "OIDC_ISSUER"),
+        ({"OIDC_JWKS_URL": "https://"}, "OIDC_JWKS_URL"),
+        ({"CLERK_JWT_KEY": "not a key"}, "CLERK_JWT_KEY"),
+        ({"LOCAL_AUTH_PRIVATE_KEY": "not a key"}, "LOCAL_AUTH_PRIVATE_KEY"),
+        ({"LOCAL_AUTH_ALGORITHM": "HS256"}, "LOCAL_AUTH_ALGORITHM"),
+        ({"AUTH_HTTP_TIMEOUT": "0"}, "AUTH_HTTP_TIMEOUT"),
+    ],
+)
+def test_auth_misconfiguration_names_the_variable(
+    overrides: dict[str, str], named: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in overrides.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None)
+    assert named in str(caught.value)
+
+
+def test_auth_lists_and_urls_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTH_PROVIDER", "oidc")
+    monkeypatch.setenv("OIDC_ISSUER", "https://tenant.auth0.com/")
+    monkeypatch.setenv("OIDC_AUDIENCE", "https://api.example, mobile")
+    monkeypatch.setenv("OIDC_ALGORITHMS", "RS256,ES256")
+    monkeypatch.setenv("CLERK_AUTHORIZED_PARTIES", "https://app.example")
+    monkeypatch.setenv("CLERK_ISSUER", "https://clerk.example.com/")
+    settings = load_settings(_env_file=None)
+    assert settings.OIDC_ISSUER == "https://tenant.auth0.com/"  # kept exactly
+    assert settings.CLERK_ISSUER == "https://clerk.example.com"
+    assert settings.OIDC_AUDIENCE == ["https://api.example", "mobile"]
+    assert settings.OIDC_ALGORITHMS == ["RS256", "ES256"]
+    assert settings.CLERK_AUTHORIZED_PARTIES == ["https://app.example"]
+
+
+def test_pem_values_may_use_escaped_newlines() -> None:
+    pem = "-----BEGIN PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----"
+    settings = make_settings(SQLITE, LOCAL_AUTH_PRIVATE_KEY=pem)
+    assert settings.LOCAL_AUTH_PRIVATE_KEY is not None
+    assert settings.LOCAL_AUTH_PRIVATE_KEY.get_secret_value().count("\n") == 2

@@ -10,7 +10,7 @@ from httpx import AsyncClient
 from app.core.config import Settings
 from app.core.logging import JsonFormatter
 from app.main import create_app
-from tests.support import make_settings, running_app
+from tests.support import make_settings, production_auth, running_app
 
 router = APIRouter()
 handler_logger = logging.getLogger("app.test.handler")
@@ -72,7 +72,10 @@ async def test_docs_page_is_served_without_the_api_csp(client: AsyncClient) -> N
 
 async def test_production_adds_hsts(database_url: str) -> None:
     settings = make_settings(
-        "postgresql+asyncpg://app@127.0.0.1:9/app", ENVIRONMENT="production", SECRET_KEY="k" * 40
+        "postgresql+asyncpg://app@127.0.0.1:9/app",
+        ENVIRONMENT="production",
+        SECRET_KEY="k" * 40,
+        **production_auth(),
     )
     async with running_app(settings) as (_, client):
         response = await client.get("/api/v1/public/health")

@@ -6,12 +6,11 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from ipaddress import ip_network
 from typing import Any
 
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI
 from httpx import ASGITransport, AsyncClient
 
 from app.core.cache import create_redis
@@ -19,7 +18,7 @@ from app.core.config import ConfigError, Settings, load_settings
 from app.core.exceptions import NotFoundError
 from app.core.ratelimit import Rate, RateLimit, RateLimiter, parse_rate, rate_limit
 from app.main import create_app
-from tests.support import CLOSED_PORT_URL, _WithLifespanState, make_settings
+from tests.support import CLOSED_PORT_URL, _WithLifespanState, auth_headers, make_settings
 
 SQLITE = "sqlite+aiosqlite:///:memory:"
 
@@ -140,21 +139,8 @@ def test_without_trusted_proxies_forwarded_for_is_ignored() -> None:
 # --- over HTTP ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FakePrincipal:
-    provider: str
-    subject: str
-
-
-async def principal_from_header(request: Request) -> None:
-    """Stands in for authentication: `x-test-user` makes the caller a principal."""
-    user = request.headers.get("x-test-user")
-    if user:
-        request.state.principal = FakePrincipal("test", user)
-
-
 def build_router(scope: str) -> APIRouter:
-    router = APIRouter(prefix="/limited", dependencies=[Depends(principal_from_header)])
+    router = APIRouter(prefix="/limited")
 
     @router.get("/three", dependencies=[rate_limit("3/minute", scope=f"{scope}:three")])
     async def three() -> dict[str, str]:
@@ -259,11 +245,11 @@ async def test_the_default_rate_comes_from_settings(database_url: str, redis_url
 async def test_principals_and_anonymous_callers_have_separate_budgets(
     database_url: str, redis_url: str
 ) -> None:
-    async with limited_client(rate_settings(database_url, redis_url)) as client:
-        alice = [
-            await client.get("/limited/three", headers={"x-test-user": "alice"}) for _ in range(4)
-        ]
-        bob = await client.get("/limited/three", headers={"x-test-user": "bob"})
+    settings = rate_settings(database_url, redis_url)
+    as_alice, as_bob = auth_headers(settings, "alice"), auth_headers(settings, "bob")
+    async with limited_client(settings) as client:
+        alice = [await client.get("/limited/three", headers=as_alice) for _ in range(4)]
+        bob = await client.get("/limited/three", headers=as_bob)
         anonymous = await client.get("/limited/three")
     assert [r.status_code for r in alice] == [200, 200, 200, 429]
     assert (bob.status_code, bob.headers["ratelimit-remaining"]) == (200, "2")

@@ -2,7 +2,9 @@
 
 from fastapi import APIRouter
 
+from app.api.v1 import users
 from app.api.v1.public import health
 
 api_router = APIRouter()
 api_router.include_router(health.router, prefix="/public")
+api_router.include_router(users.router)

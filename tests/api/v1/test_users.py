@@ -1,0 +1,182 @@
+import asyncio
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from httpx import AsyncClient
+from sqlalchemy import func, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.core.config import Settings
+from app.models.base import utcnow
+from app.models.user import User
+from tests.support import auth_headers
+
+ME = "/api/v1/users/me"
+
+
+def new_sub() -> str:
+    return f"user-{uuid.uuid4().hex[:8]}"
+
+
+async def rows(engine: AsyncEngine, subject: str) -> list[User]:
+    async with AsyncSession(engine) as session:
+        result = await session.exec(select(User).where(col(User.subject) == subject))
+        return list(result.all())
+
+
+async def test_me_requires_a_token(client: AsyncClient) -> None:
+    response = await client.get(ME)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"]["code"] == "unauthenticated"
+
+
+async def test_first_call_creates_the_user_from_the_claims(
+    client: AsyncClient, settings: Settings, db_engine: AsyncEngine
+) -> None:
+    sub = new_sub()
+    headers = auth_headers(
+        settings,
+        sub,
+        email="ada@example.com",
+        roles=("editor", "admin"),
+        tenant="t1",
+        name="  Ada Lovelace ",
+    )
+    response = await client.get(ME, headers=headers)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["provider"] == "local"
+    assert body["subject"] == sub
+    assert body["email"] == "ada@example.com"
+    assert body["tenant_id"] == "t1"
+    assert body["roles"] == ["admin", "editor"]
+    assert body["display_name"] == "Ada Lovelace"
+    assert body["created_at"]
+    assert body["last_seen_at"]
+    stored = await rows(db_engine, sub)
+    assert [str(user.id) for user in stored] == [body["id"]]
+
+
+async def test_unprintable_claims_never_reach_the_database(
+    client: AsyncClient, settings: Settings
+) -> None:
+    headers = auth_headers(settings, new_sub(), email="a\x00@x.io", name="Ada\x00\n Lovelace")
+    response = await client.get(ME, headers=headers)
+    assert response.status_code == 200
+    assert (response.json()["email"], response.json()["display_name"]) == (None, "Ada Lovelace")
+    bad_tenant = auth_headers(settings, new_sub(), tenant="t\x00")
+    assert (await client.get(ME, headers=bad_tenant)).status_code == 401
+
+
+async def test_unchanged_claims_do_not_write_the_row(
+    client: AsyncClient, settings: Settings
+) -> None:
+    headers = auth_headers(settings, new_sub(), email="a@example.com")
+    first = (await client.get(ME, headers=headers)).json()
+    second = (await client.get(ME, headers=headers)).json()
+    assert second == first  # same id, same updated_at and last_seen_at: no UPDATE
+
+
+async def test_changed_claims_refresh_the_row(client: AsyncClient, settings: Settings) -> None:
+    sub = new_sub()
+    before = (await client.get(ME, headers=auth_headers(settings, sub, email="a@x.io"))).json()
+    after_response = await client.get(
+        ME, headers=auth_headers(settings, sub, email="b@x.io", tenant="t2")
+    )
+    after = after_response.json()
+    assert after["id"] == before["id"]
+    assert (after["email"], after["tenant_id"]) == ("b@x.io", "t2")
+    assert after["updated_at"] >= before["updated_at"]
+    # A token without an email keeps the stored one.
+    kept = (await client.get(ME, headers=auth_headers(settings, sub, tenant="t2"))).json()
+    assert kept["email"] == "b@x.io"
+
+
+async def test_stale_last_seen_is_refreshed(
+    client: AsyncClient, settings: Settings, db_engine: AsyncEngine
+) -> None:
+    sub = new_sub()
+    headers = auth_headers(settings, sub)
+    await client.get(ME, headers=headers)
+    long_ago = utcnow() - timedelta(hours=1)
+    async with db_engine.begin() as conn:
+        await conn.execute(
+            update(User).where(col(User.subject) == sub).values(last_seen_at=long_ago)
+        )
+    response = await client.get(ME, headers=headers)
+    seen = (await rows(db_engine, sub))[0].last_seen_at
+    assert seen is not None
+    assert seen > long_ago + timedelta(minutes=50)
+    assert response.status_code == 200
+
+
+async def test_concurrent_first_requests_create_one_row(
+    client: AsyncClient, settings: Settings, db_engine: AsyncEngine
+) -> None:
+    sub = new_sub()
+    headers = auth_headers(settings, sub)
+    responses = await asyncio.gather(*(client.get(ME, headers=headers) for _ in range(12)))
+    assert {response.status_code for response in responses} == {200}
+    assert len({response.json()["id"] for response in responses}) == 1
+    assert len(await rows(db_engine, sub)) == 1
+
+
+async def test_a_deactivated_user_is_forbidden(
+    client: AsyncClient, settings: Settings, db_engine: AsyncEngine
+) -> None:
+    sub = new_sub()
+    headers = auth_headers(settings, sub)
+    assert (await client.get(ME, headers=headers)).status_code == 200
+    async with db_engine.begin() as conn:
+        await conn.execute(
+            update(User).where(col(User.subject) == sub).values(deleted_at=func.now())
+        )
+    response = await client.get(ME, headers=headers)
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "permission_denied"
+
+
+async def test_patch_updates_the_display_name(client: AsyncClient, settings: Settings) -> None:
+    headers = auth_headers(settings, new_sub())
+    response = await client.patch(ME, headers=headers, json={"display_name": "  Grace  "})
+    assert response.status_code == 200
+    assert response.json()["display_name"] == "Grace"
+    assert (await client.get(ME, headers=headers)).json()["display_name"] == "Grace"
+    assert (await client.patch(ME, headers=headers, json={})).json()["display_name"] == "Grace"
+    cleared = await client.patch(ME, headers=headers, json={"display_name": None})
+    assert cleared.json()["display_name"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "location"),
+    [
+        ({"display_name": "x" * 101}, ["body", "display_name"]),
+        ({"display_name": "   "}, ["body", "display_name"]),
+        ({"display_name": "nul\x00byte"}, ["body", "display_name"]),
+        ({"display_name": "line\nbreak"}, ["body", "display_name"]),
+        ({"display_name": 42}, ["body", "display_name"]),
+        ({"email": "me@evil.example"}, ["body", "email"]),
+        ({"subject": "someone-else"}, ["body", "subject"]),
+        (["display_name"], ["body"]),
+    ],
+    ids=["too long", "blank", "nul", "newline", "number", "email", "subject", "not an object"],
+)
+async def test_patch_rejects_bad_input_with_a_422(
+    client: AsyncClient, settings: Settings, body: Any, location: list[str]
+) -> None:
+    headers = auth_headers(settings, new_sub())
+    response = await client.patch(ME, headers=headers, json=body)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert location in [detail["loc"] for detail in error["details"]]
+
+
+async def test_patch_requires_a_token(client: AsyncClient) -> None:
+    response = await client.patch(ME, json={"display_name": "x"})
+    assert response.status_code == 401
