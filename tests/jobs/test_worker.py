@@ -128,7 +128,7 @@ async def test_each_retry_is_deferred_twice_as_long_as_the_last(
             score = await redis.zscore(settings.JOBS_QUEUE_NAME, job_id)
             assert score is not None
             delay = score / 1000 - time.time()
-            assert expected_delay - 5 < delay <= expected_delay
+            assert expected_delay - 5 < delay <= expected_delay + 1  # ms rounding in the score
             info = await queue.info(job_id)
             assert info is not None
             assert info.state is JobState.QUEUED
