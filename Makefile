@@ -7,12 +7,13 @@ UV_VERSION ?= 0.13.9
 HOST ?= 127.0.0.1
 PORT ?= 8000
 COMPOSE ?= docker compose -f docker/docker-compose.yml
+IMAGE ?= fastapi-template:latest
 
 # Use uv from PATH when there is one, else a copy bootstrapped into .tools/.
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: help venv install dev up down migrate test lint format
+.PHONY: help venv install dev up down logs image secret rename migrate prestart test lint format
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,11 +33,27 @@ install: venv ## Install the locked dependencies (app + dev tools) into .venv
 dev: install migrate ## Install, migrate and serve the API with reload on 127.0.0.1:8000 (SQLite default)
 	$(RUN) uvicorn app.main:app --reload --host $(HOST) --port $(PORT) --no-access-log
 
-up: ## Start the compose stack (API, worker, PostgreSQL, Redis)
+up: ## Start the compose stack (API, worker, PostgreSQL, Redis) and print its URLs
 	$(COMPOSE) up -d --build
+	@echo "API:   http://localhost:8000/api/v1/public/health/ready"
+	@echo "Docs:  http://localhost:8000/docs"
+	@echo "Logs:  make logs    Stop: make down"
 
-down: ## Stop the compose stack
+down: ## Stop the compose stack (data stays in its volumes)
 	$(COMPOSE) down
+
+logs: ## Follow the compose stack's API, worker and migration logs
+	$(COMPOSE) logs -f api worker migrate
+
+image: ## Build the production image (IMAGE=name:tag)
+	docker build -f docker/Dockerfile -t $(IMAGE) .
+
+secret: ## Print a strong random SECRET_KEY
+	@$(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))'
+
+rename: ## Rename the project: make rename name="Orders API" [ARGS=--dry-run]
+	@test -n "$(name)" || { echo 'usage: make rename name="Orders API" [ARGS=--dry-run]' >&2; exit 2; }
+	$(PYTHON) -m scripts.rename "$(name)" $(ARGS)
 
 migrate: install ## Apply migrations; with m="message", autogenerate a revision first
 ifdef m
@@ -44,13 +61,16 @@ ifdef m
 endif
 	$(RUN) alembic upgrade head
 
+prestart: install ## Wait for the database (bounded retries), then apply migrations
+	$(RUN) python -m scripts.prestart $(ARGS)
+
 test: install ## Run the test suite (TEST_DATABASE_URL / TEST_REDIS_URL select real services)
 	$(RUN) pytest $(ARGS)
 
 lint: install ## ruff check, ruff format --check and mypy --strict
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy app
+	$(RUN) mypy app scripts
 
 format: install ## Apply ruff fixes and formatting
 	$(RUN) ruff check --fix .
