@@ -7,12 +7,13 @@ UV_VERSION ?= 0.13.9
 HOST ?= 127.0.0.1
 PORT ?= 8000
 COMPOSE ?= docker compose -f docker/docker-compose.yml
+IMAGE ?= fastapi-template:latest
 
 # Use uv from PATH when there is one, else a copy bootstrapped into .tools/.
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: help venv install dev worker worker-check up down migrate token test lint format bench
+.PHONY: help venv install dev worker worker-check up down logs image secret rename migrate prestart token test lint format bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,17 +41,36 @@ worker: install ## Run the job worker, restarting it when app/ changes (needs RE
 worker-check: install ## Exit 0 if a worker on JOBS_QUEUE_NAME reported healthy in the last 30 s, else 1
 	@$(RUN) arq --check app.jobs.worker.WorkerSettings
 
-up: ## Start the compose stack (API, worker, PostgreSQL, Redis)
+up: ## Start the compose stack (API, worker, PostgreSQL, Redis) and print its URLs
 	$(COMPOSE) up -d --build
+	@echo "API:   http://localhost:8000/api/v1/public/health/ready"
+	@echo "Docs:  http://localhost:8000/docs"
+	@echo "Logs:  make logs    Stop: make down"
 
-down: ## Stop the compose stack
+down: ## Stop the compose stack (data stays in its volumes)
 	$(COMPOSE) down
+
+logs: ## Follow the compose stack's API, worker and migration logs
+	$(COMPOSE) logs -f api worker migrate
+
+image: ## Build the production image (IMAGE=name:tag)
+	docker build -f docker/Dockerfile -t $(IMAGE) .
+
+secret: ## Print a strong random SECRET_KEY
+	@$(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))'
+
+rename: ## Rename the project: make rename name="Orders API" [ARGS=--dry-run]
+	@test -n "$(name)" || { echo 'usage: make rename name="Orders API" [ARGS=--dry-run]' >&2; exit 2; }
+	$(PYTHON) -m scripts.rename "$(name)" $(ARGS)
 
 migrate: install ## Apply migrations; with m="message", autogenerate a revision first
 ifdef m
 	$(RUN) alembic revision --autogenerate -m "$(m)"
 endif
 	$(RUN) alembic upgrade head
+
+prestart: install ## Wait for the database (bounded retries), then apply migrations
+	$(RUN) python -m scripts.prestart $(ARGS)
 
 token: install ## Print a local-provider token: make token sub=alice email=a@x.io roles=admin tenant=acme
 	@$(RUN) python -m scripts.token --sub "$(sub)" --email "$(email)" --roles "$(roles)" --tenant "$(tenant)" --name "$(name)" --ttl "$(or $(ttl),0)"
@@ -61,7 +81,7 @@ test: install ## Run the test suite (TEST_DATABASE_URL / TEST_REDIS_URL select r
 lint: install ## ruff check, ruff format --check and mypy --strict
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy app
+	$(RUN) mypy app scripts
 
 format: install ## Apply ruff fixes and formatting
 	$(RUN) ruff check --fix .

@@ -11,10 +11,7 @@ import json
 import sys
 import time
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
-    uvloop = None
+import uvloop  # installed with uvicorn[standard]
 
 
 async def connection(port: int, request: bytes, deadline: float, counts: list[int]) -> None:
@@ -51,8 +48,7 @@ async def run(
 
 def main() -> None:
     port, path, seconds, connections, headers = sys.argv[1:6]
-    runner = uvloop.run if uvloop is not None else asyncio.run
-    rate = runner(run(int(port), path, float(seconds), int(connections), json.loads(headers)))
+    rate = uvloop.run(run(int(port), path, float(seconds), int(connections), json.loads(headers)))
     print(f"{rate:.1f}")
 
 

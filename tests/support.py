@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -29,6 +30,23 @@ TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "")
 # A loopback port nothing listens on: connections are refused at once.
 CLOSED_PORT_URL = "127.0.0.1:9"
+ROOT = Path(__file__).resolve().parent.parent
+# Names under this `.env.example` header (up to the next `# ---` header) configure the
+# container and scripts, not the app, so they are not Settings fields.
+INFRASTRUCTURE_HEADER = "# --- Infrastructure"
+
+
+def env_example_names(path: Path = ROOT / ".env.example") -> tuple[list[str], list[str]]:
+    """The variables `.env.example` documents: (app settings, infrastructure variables)."""
+    app: list[str] = []
+    infrastructure: list[str] = []
+    section = app
+    for line in path.read_text().splitlines():
+        if line.startswith("# ---"):
+            section = infrastructure if line.startswith(INFRASTRUCTURE_HEADER) else app
+        elif line and not line.startswith("#"):
+            section.append(line.split("=", 1)[0])
+    return app, infrastructure
 
 
 def require_service(variable: str, value: str) -> str:
@@ -207,3 +225,21 @@ async def hung_server() -> AsyncIterator[str]:
         for writer in held:
             writer.close()
         server.close()
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def read_until(stream: asyncio.StreamReader, marker: str) -> str:
+    """Read a subprocess's output line by line until `marker` appears; return all of it."""
+    seen = ""
+    while marker not in seen:
+        line = await stream.readline()
+        assert line, f"the process ended before writing {marker!r}:\n{seen}"
+        seen += line.decode()
+    return seen

@@ -2,7 +2,7 @@
 
 Every record logged while a request is being served carries that request's id, read
 from a context variable the request middleware sets. Output goes to stderr through a
-block buffer (warnings and errors are flushed at once). The access log, one line per
+block buffer that holds back only access-log lines. The access log, one line per
 request, is written straight to that handler when it is the only one configured,
 which keeps its cost per request to a few microseconds; with any other handler or
 filter in place it goes through `logging` like everything else.
@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 _HANDLER_NAME = "app"
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
-access_logger = logging.getLogger("app.access")
+ACCESS_LOGGER = "app.access"
+access_logger = logging.getLogger(ACCESS_LOGGER)
 
 # Attributes every LogRecord has; anything else was passed through `extra=`.
 _STANDARD_ATTRS = frozenset(
@@ -144,9 +145,11 @@ class ConsoleFormatter(LineFormatter):
 class BufferedStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to stderr through a block buffer instead of one system call per line.
 
-    Records at WARNING and above are flushed at once, so nothing that explains a crash
-    waits in the buffer; the rest (the access log, mostly) is flushed at least every
-    `FLUSH_INTERVAL` seconds by a daemon thread, and when logging shuts down.
+    Only access-log lines wait in the buffer (they are the volume: one per request).
+    Every other record is written at once, taking any waiting access lines with it, so
+    start-up, shutdown and error messages are never held back, even when the process
+    ends by a signal; access lines otherwise leave at least every `FLUSH_INTERVAL`
+    seconds (a daemon thread) and when logging shuts down.
     """
 
     FLUSH_INTERVAL = 0.5
@@ -171,7 +174,7 @@ class BufferedStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.stream.write(self.format(record) + "\n")
-            if record.levelno >= logging.WARNING:
+            if record.name != ACCESS_LOGGER:
                 self.stream.flush()
         except RecursionError:
             raise

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from app.core.config import ConfigError, Environment, load_settings, normalise_database_url
-from tests.support import make_settings
+from tests.support import ROOT, env_example_names, make_settings
 
 SQLITE = "sqlite+aiosqlite:///./test.db"
 STRONG_SECRET = "x" * 48
@@ -128,15 +128,16 @@ def test_server_refuses_to_start_with_a_clear_message() -> None:
 
 
 def test_env_example_documents_every_setting_once() -> None:
-    from pathlib import Path
-
     from app.core.config import Settings
 
-    lines = (Path(__file__).resolve().parents[2] / ".env.example").read_text().splitlines()
-    names = [line.split("=", 1)[0] for line in lines if line and not line.startswith("#")]
-    assert sorted(names) == sorted(Settings.model_fields)
+    settings_names, infrastructure_names = env_example_names()
+    assert sorted(settings_names) == sorted(Settings.model_fields)
+    # The container's own variables are documented apart and never shadow a setting.
+    assert infrastructure_names
+    assert len(set(infrastructure_names)) == len(infrastructure_names)
+    assert not set(infrastructure_names) & set(Settings.model_fields)
     # The example file itself is a valid configuration.
-    assert load_settings(_env_file=Path(__file__).resolve().parents[2] / ".env.example")
+    assert load_settings(_env_file=ROOT / ".env.example")
 
 
 @pytest.mark.parametrize(

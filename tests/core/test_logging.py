@@ -42,17 +42,23 @@ def record(level: int, message: str, **extra: object) -> logging.LogRecord:
     return logger.makeRecord(logger.name, level, "", 0, message, (), None, extra=extra)
 
 
-def test_warnings_reach_stderr_at_once_and_info_lines_by_close(
+def access_record(message: str) -> logging.LogRecord:
+    logger = logging.getLogger("app.access")
+    return logger.makeRecord(logger.name, logging.INFO, "", 0, message, (), None)
+
+
+def test_only_access_lines_wait_in_the_buffer(
     pipe_handler: tuple[BufferedStderrHandler, int],
 ) -> None:
     handler, read_fd = pipe_handler
-    handler.handle(record(logging.INFO, "buffered"))
-    handler.handle(record(logging.ERROR, "urgent"))
+    handler.handle(access_record("request 1"))
+    assert read_lines(read_fd) == []
+    handler.handle(record(logging.INFO, "shutting down"))
     lines = read_lines(read_fd)
-    assert [line["message"] for line in lines] == ["buffered", "urgent"]
-    handler.handle(record(logging.INFO, "later"))
+    assert [line["message"] for line in lines] == ["request 1", "shutting down"]
+    handler.handle(access_record("request 2"))
     handler.close()
-    assert [line["message"] for line in read_lines(read_fd)] == ["later"]
+    assert [line["message"] for line in read_lines(read_fd)] == ["request 2"]
 
 
 def test_json_lines_carry_level_logger_request_id_and_extras() -> None:

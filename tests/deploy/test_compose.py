@@ -1,0 +1,88 @@
+"""docker/docker-compose.yml: the services, their order of start-up and their settings."""
+
+from typing import Any
+
+import pytest
+from sqlalchemy import make_url
+
+from app.core.config import Environment
+from tests.deploy.parsing import DOCKER, ROOT, documented_env_names, load_yaml, project_slug
+from tests.support import make_settings
+
+COMPOSE: dict[str, Any] = load_yaml(DOCKER / "docker-compose.yml")
+SERVICES: dict[str, Any] = COMPOSE["services"]
+APP_SERVICES = ("api", "worker", "migrate")
+WORKER = "app.jobs.worker.WorkerSettings"
+
+
+def test_the_stack_has_api_worker_migrate_and_both_databases() -> None:
+    assert set(SERVICES) == {"api", "worker", "migrate", "db", "redis"}
+    assert COMPOSE["name"] == project_slug()
+    assert SERVICES["db"]["image"].startswith("postgres:16")
+    assert SERVICES["redis"]["image"].startswith("redis:7")
+
+
+@pytest.mark.parametrize("service", ["db", "redis"])
+def test_databases_keep_data_in_named_volumes_and_report_health(service: str) -> None:
+    spec = SERVICES[service]
+    assert spec["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}
+    volume = spec["volumes"][0].split(":")[0]
+    assert volume in COMPOSE["volumes"]
+
+
+@pytest.mark.parametrize("service", ["api", "worker"])
+def test_api_and_worker_start_after_migrations_and_healthy_databases(service: str) -> None:
+    assert SERVICES[service]["depends_on"] == {
+        "migrate": {"condition": "service_completed_successfully"},
+        "db": {"condition": "service_healthy"},
+        "redis": {"condition": "service_healthy"},
+    }
+
+
+def test_migrate_is_a_one_shot_upgrade_after_the_database_is_healthy() -> None:
+    migrate = SERVICES["migrate"]
+    assert migrate["command"] == ["alembic", "upgrade", "head"]
+    assert migrate["restart"] == "no"
+    assert migrate["depends_on"] == {"db": {"condition": "service_healthy"}}
+
+
+def test_api_reloads_code_from_a_bind_mount_of_the_repository() -> None:
+    api = SERVICES["api"]
+    assert (DOCKER / api["build"]["context"]).resolve() == ROOT
+    assert (ROOT / api["build"]["dockerfile"]) == DOCKER / "Dockerfile.dev"
+    source, target = api["volumes"][0].split(":")
+    assert (DOCKER / source).resolve() == ROOT
+    assert target == "/app"
+    assert api["command"][:2] == ["uvicorn", "app.main:app"]
+    assert "--reload" in api["command"]
+    assert api["healthcheck"]["test"] == ["CMD", "python", "scripts/healthcheck.py"]
+    assert "8000:8000" in api["ports"]
+
+
+def test_worker_runs_arq_with_its_health_check() -> None:
+    worker = SERVICES["worker"]
+    assert worker["command"][:2] == ["arq", WORKER]
+    assert worker["healthcheck"]["test"] == ["CMD", "arq", "--check", WORKER]
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_every_service_environment_is_documented_in_env_example(service: str) -> None:
+    environment = SERVICES[service].get("environment", {})
+    assert set(environment) <= documented_env_names()
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_app_services_get_valid_development_settings_for_the_stack(service: str) -> None:
+    environment = dict(SERVICES[service]["environment"])
+    settings = make_settings(environment.pop("DATABASE_URL"), **environment)
+    assert settings.ENVIRONMENT is Environment.DEVELOPMENT
+    assert "dev" in settings.SECRET_KEY.get_secret_value()
+    database = make_url(settings.DATABASE_URL)
+    postgres = SERVICES["db"]["environment"]
+    assert database.host == "db"
+    assert (database.username, database.password, database.database) == (
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+        postgres["POSTGRES_DB"],
+    )
+    assert make_url(settings.REDIS_URL).host == "redis"

@@ -1,0 +1,117 @@
+"""scripts/serve (the production image's CMD) and scripts/healthcheck.py (its HEALTHCHECK),
+run for real: uvicorn from this environment on a free port, on a throwaway SQLite file."""
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+
+import httpx
+
+from tests.support import CLOSED_PORT_URL, ROOT, free_port, read_until
+
+SERVE = ROOT / "scripts" / "serve"
+HEALTHCHECK = ROOT / "scripts" / "healthcheck.py"
+
+
+def server_env(tmp_path: Path, port: int) -> dict[str, str]:
+    # The working directory is tmp_path, so a developer's .env is never read.
+    return {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+        "ENVIRONMENT": "test",
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",
+        "LOG_FORMAT": "console",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "1",
+    }
+
+
+async def run_healthcheck(env: dict[str, str]) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(HEALTHCHECK), env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, stderr.decode()
+
+
+async def command_line(pid: int) -> str:
+    ps = await asyncio.create_subprocess_exec(
+        "ps", "-o", "args=", "-p", str(pid), stdout=asyncio.subprocess.PIPE
+    )
+    stdout, _ = await ps.communicate()
+    return stdout.decode()
+
+
+@asynccontextmanager
+async def serving(env: dict[str, str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    # Its own process group, so cleanup reaches anything it started, whatever happens.
+    process = await asyncio.create_subprocess_exec(
+        str(SERVE), env=env, cwd=cwd, stderr=asyncio.subprocess.PIPE, start_new_session=True
+    )
+    try:
+        assert process.stderr is not None
+        async with asyncio.timeout(60):
+            await read_until(process.stderr, "Application startup complete")
+        yield process
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+
+
+async def test_serve_answers_the_healthcheck_and_stops_cleanly_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    env = server_env(tmp_path, free_port())
+    async with serving(env, tmp_path) as process:
+        assert await run_healthcheck(env) == (0, "")
+        # `exec`: the process the platform signals is uvicorn itself, not a shell that
+        # would die of SIGTERM and leave uvicorn running until SIGKILL.
+        assert "uvicorn app.main:app" in await command_line(process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.stderr is not None
+        async with asyncio.timeout(60):
+            log = await read_until(process.stderr, "Finished server process")
+            # After its graceful shutdown uvicorn re-raises the signal it received.
+            assert await process.wait() == -signal.SIGTERM
+        assert "Shutting down" in log
+        assert "Application shutdown complete" in log
+
+
+async def test_serve_trusts_forwarded_headers_from_the_allowed_proxy(tmp_path: Path) -> None:
+    port = free_port()
+    env = server_env(tmp_path, port) | {"FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    async with serving(env, tmp_path), httpx.AsyncClient() as client:
+        # A redirect is built from the request's scheme and host: behind a TLS-terminating
+        # proxy it must point at https, or browsers would be sent to plain http.
+        response = await client.get(
+            f"http://127.0.0.1:{port}/api/v1/public/health/",
+            headers={"X-Forwarded-Proto": "https"},
+        )
+        assert response.status_code == 307
+        assert response.headers["location"].startswith("https://")
+
+
+async def test_serve_ignores_forwarded_headers_from_untrusted_peers(tmp_path: Path) -> None:
+    port = free_port()
+    env = server_env(tmp_path, port) | {"FORWARDED_ALLOW_IPS": "10.9.8.7"}
+    async with serving(env, tmp_path), httpx.AsyncClient() as client:
+        response = await client.get(
+            f"http://127.0.0.1:{port}/api/v1/public/health/",
+            headers={"X-Forwarded-Proto": "https"},
+        )
+        assert response.status_code == 307
+        assert response.headers["location"].startswith("http://")
+
+
+async def test_healthcheck_fails_when_nothing_answers(tmp_path: Path) -> None:
+    env = server_env(tmp_path, int(CLOSED_PORT_URL.split(":")[1]))
+    code, stderr = await run_healthcheck(env)
+    assert code == 1
+    assert "unhealthy" in stderr
+    assert "/api/v1/public/health" in stderr
