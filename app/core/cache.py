@@ -85,6 +85,20 @@ class Cache:
             return False
         return True
 
+    async def add_json(self, key: str, value: Any, ttl: float) -> bool | None:
+        """Set `key` only if it is absent: True if set, False if present, None without Redis."""
+        if self.redis is None or not self.available:
+            return None
+        try:
+            payload = json.dumps(value, default=str, separators=(",", ":"))
+            stored = await self.redis.set(
+                self.prefix + key, payload, px=max(1, int(ttl * 1000)), nx=True
+            )
+        except REDIS_ERRORS as exc:
+            self._failed("add", exc)
+            return None
+        return bool(stored)
+
     async def delete(self, *keys: str) -> bool:
         # Deletes ignore the back-off: a skipped invalidation would leave a stale entry.
         if self.redis is None or not keys:

@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 from sqlalchemy import DateTime, func
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlmodel import Field, SQLModel
 
 NAMING_CONVENTION = {
@@ -40,17 +41,31 @@ def uuid7() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
+# SQLite keeps datetimes as text and compares them as text, and its CURRENT_TIMESTAMP
+# (what `func.now()` becomes) has whole seconds: values bound from Python are written
+# in that same shape, or "12:00:00" and "12:00:00.000000" would compare as different.
+_SQLITE_DATETIME = sqlite.DATETIME(
+    storage_format="%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d",
+    regexp=r"(\d+)-(\d+)-(\d+) (\d+):(\d+):(\d+)",
+)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware datetimes on every backend (SQLite hands back naive UTC values)."""
+    """Timezone-aware UTC datetimes on every backend (SQLite hands back naive values)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(_SQLITE_DATETIME)
+        return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("naive datetimes are not stored; pass an aware datetime")
         if value is not None and dialect.name == "sqlite":
-            return value.astimezone(UTC).replace(tzinfo=None)
+            return value.astimezone(UTC).replace(tzinfo=None, microsecond=0)
         return value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:

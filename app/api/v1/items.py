@@ -1,0 +1,131 @@
+"""Items: the reference resource (tenant-scoped CRUD with paging, ETags and idempotency)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.deps import CacheDep, CurrentPrincipal, CurrentUser, CursorCodecDep, SessionDep
+from app.api.preconditions import IfMatch, etag
+from app.core.idempotency import IdempotencyDep
+from app.models.item import Item
+from app.schemas.common import ErrorResponse, Page
+from app.schemas.item import ItemCreate, ItemListParams, ItemRead, ItemUpdate
+from app.services import items as service
+from app.services.items import ItemFilters, ItemScope
+
+router = APIRouter(prefix="/items", tags=["items"])
+
+
+async def get_item_scope(principal: CurrentPrincipal) -> ItemScope:
+    return ItemScope(principal.tenant_id, principal.provider, principal.subject)
+
+
+ScopeDep = Annotated[ItemScope, Depends(get_item_scope)]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        401: "Missing or invalid token.",
+        404: "No such item in the caller's scope.",
+        422: "Invalid input.",
+    }.items()
+}
+_PRECONDITION = {412: {"model": ErrorResponse, "description": "If-Match is stale."}}
+
+
+def _item_response(item: ItemRead, status_code: int = 200, **headers: str) -> JSONResponse:
+    return JSONResponse(
+        item.model_dump(mode="json"),
+        status_code=status_code,
+        headers={"ETag": etag(item.version), **headers},
+    )
+
+
+def _read(item: Item) -> ItemRead:
+    return ItemRead.model_validate(item)
+
+
+@router.post("", status_code=201, response_model=ItemRead, responses=_ERRORS)
+async def create_item(
+    body: ItemCreate,
+    request: Request,
+    user: CurrentUser,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    idempotency: IdempotencyDep,
+) -> Response:
+    """Create an item. A retry with the same `Idempotency-Key` returns the first response."""
+    replay = await idempotency.replay(body)
+    if replay is not None:
+        return replay
+    item = _read(await service.create_item(session, user, principal.tenant_id, body))
+    location = request.app.url_path_for("read_item", item_id=str(item.id))
+    response = _item_response(item, 201, Location=location)
+    idempotency.remember(session, response)
+    return response
+
+
+@router.get("", response_model=Page[ItemRead], responses=_ERRORS)
+async def list_items(
+    params: Annotated[ItemListParams, Query()],
+    scope: ScopeDep,
+    session: SessionDep,
+    codec: CursorCodecDep,
+) -> Page[ItemRead]:
+    """List items, newest first by default, with cursor paging and filters."""
+    filters = ItemFilters(params.status, params.q, params.created_after, params.created_before)
+    page = await service.list_items(
+        session,
+        scope,
+        filters,
+        codec=codec,
+        limit=params.limit,
+        sort=params.sort,
+        cursor=params.cursor,
+        include_total=params.include_total,
+    )
+    return Page(items=[_read(i) for i in page.items], next_cursor=page.next_cursor, total=page.total)
+
+
+@router.get("/{item_id}", response_model=ItemRead, responses=_ERRORS)
+async def read_item(
+    item_id: uuid.UUID, scope: ScopeDep, session: SessionDep, cache: CacheDep
+) -> Response:
+    """One item, with its `ETag`."""
+    return _item_response(await service.read_item(session, cache, scope, item_id))
+
+
+@router.patch("/{item_id}", response_model=ItemRead, responses=_ERRORS | _PRECONDITION)
+async def update_item(
+    item_id: uuid.UUID,
+    body: ItemUpdate,
+    if_match: IfMatch,
+    scope: ScopeDep,
+    session: SessionDep,
+    cache: CacheDep,
+) -> Response:
+    """Change the fields sent; with `If-Match`, only if the item is still at that version."""
+    item = await service.update_item(session, cache, scope, item_id, body.changes(), if_match)
+    return _item_response(_read(item))
+
+
+@router.delete("/{item_id}", status_code=204, responses=_ERRORS | _PRECONDITION)
+async def delete_item(
+    item_id: uuid.UUID, if_match: IfMatch, scope: ScopeDep, session: SessionDep, cache: CacheDep
+) -> Response:
+    """Soft-delete an item (restorable until the retention purge)."""
+    await service.delete_item(session, cache, scope, item_id, if_match)
+    return Response(status_code=204)
+
+
+@router.post("/{item_id}/restore", response_model=ItemRead, responses=_ERRORS)
+async def restore_item(
+    item_id: uuid.UUID, scope: ScopeDep, session: SessionDep, cache: CacheDep
+) -> Response:
+    """Undo a soft delete."""
+    return _item_response(_read(await service.restore_item(session, cache, scope, item_id)))
+
