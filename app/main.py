@@ -84,6 +84,7 @@ def _lifespan(
             rate_limiter=RateLimiter(
                 redis,
                 default=settings.rate_limit_default,
+                named=settings.named_rate_limits,
                 fail_open=settings.RATE_LIMIT_FAIL_OPEN,
                 trusted_proxies=settings.TRUSTED_PROXIES,
             ),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
@@ -125,9 +126,12 @@ class Settings(BaseSettings):
     JOB_MAX_TRIES: int = Field(default=5, ge=1, le=100)
     JOB_RETRY_DELAY: float = Field(default=5.0, ge=0, le=3600)
     JOB_KEEP_RESULT: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    EXPORT_DIR: Path = Path("./exports")
     SOFT_DELETE_RETENTION_DAYS: int = Field(default=30, ge=1, le=36_500)
 
     RATE_LIMIT_DEFAULT: str = "100/minute"
+    RATE_LIMIT_ITEM_WRITES: str = "60/minute"
+    RATE_LIMIT_EXPORTS: str = "5/minute"
     RATE_LIMIT_FAIL_OPEN: bool = True
     TRUSTED_PROXIES: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
 
@@ -196,7 +200,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("RATE_LIMIT_DEFAULT")
+    @field_validator("RATE_LIMIT_DEFAULT", "RATE_LIMIT_ITEM_WRITES", "RATE_LIMIT_EXPORTS")
     @classmethod
     def _check_rate(cls, value: str) -> str:
         parse_rate(value)  # raises ValueError with the accepted forms
@@ -333,6 +337,14 @@ class Settings(BaseSettings):
     @property
     def rate_limit_default(self) -> Rate:
         return parse_rate(self.RATE_LIMIT_DEFAULT)
+
+    @property
+    def named_rate_limits(self) -> dict[str, Rate]:
+        """Rates of the `RateLimit(scope=...)` budgets that settings configure."""
+        return {
+            "items:write": parse_rate(self.RATE_LIMIT_ITEM_WRITES),
+            "items:export": parse_rate(self.RATE_LIMIT_EXPORTS),
+        }
 
     @property
     def log_format(self) -> Literal["console", "json"]:

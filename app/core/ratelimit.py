@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Protocol
@@ -108,12 +108,14 @@ class RateLimiter:
         redis: Redis | None,
         *,
         default: Rate,
+        named: Mapping[str, Rate] | None = None,
         fail_open: bool = True,
         trusted_proxies: Sequence[Network] = (),
         prefix: str = "ratelimit:",
     ) -> None:
         self.redis = redis
         self.default = default
+        self.named = dict(named or {})
         self.fail_open = fail_open
         self.trusted_proxies = tuple(trusted_proxies)
         self.prefix = prefix
@@ -204,9 +206,11 @@ def _route_scope(request: Request) -> str:
 class RateLimit:
     """A dependency limiting the routes it is attached to.
 
-    `rate` is a string like `10/minute` (checked here, at import) or None for
-    `RATE_LIMIT_DEFAULT`. Routes sharing a `scope` share one budget per caller; without
-    one, each route (method and path template) has its own.
+    `rate` is a string like `10/minute` (checked here, at import) or None: then the
+    rate settings give for `scope` (`Settings.named_rate_limits`, e.g.
+    RATE_LIMIT_ITEM_WRITES for `items:write`), else `RATE_LIMIT_DEFAULT`. Routes sharing
+    a `scope` share one budget per caller; without one, each route (method and path
+    template) has its own.
     """
 
     def __init__(self, rate: str | Rate | None = None, *, scope: str | None = None) -> None:
@@ -225,7 +229,7 @@ class RateLimit:
     async def check(self, request: Request, principal: PrincipalLike | None) -> None:
         """Count the request; raise `RateLimitError` (429) over the limit."""
         limiter: RateLimiter = request.state.rate_limiter
-        rate = self.rate or limiter.default
+        rate = self.rate or limiter.named.get(self.scope or "") or limiter.default
         result = await limiter.hit(self.key(request, principal), rate)
         if result is None:
             if limiter.redis is not None and not limiter.fail_open:

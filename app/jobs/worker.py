@@ -20,16 +20,18 @@ from app.core.cache import Cache, create_redis
 from app.core.config import ConfigError, Settings, get_settings
 from app.core.db import create_engine, create_session_factory
 from app.core.logging import setup_logging
+from app.jobs.exports import export_items, remove_expired_exports
 from app.jobs.purge import purge_soft_deleted
 from app.jobs.queue import JobQueue
 from app.jobs.registry import JobFunction
 from app.jobs.serialization import job_deserializer, job_serializer
 
 # Every job the worker runs. Add yours here.
-FUNCTIONS: tuple[JobFunction[..., Any], ...] = ()
+FUNCTIONS: tuple[JobFunction[..., Any], ...] = (export_items,)
 # (job, schedule) pairs; the schedule is in the worker's local time zone.
 CRON_JOBS: tuple[tuple[JobFunction[..., Any], dict[str, Any]], ...] = (
     (purge_soft_deleted, {"hour": 3, "minute": 17}),
+    (remove_expired_exports, {"minute": 41}),
 )
 HEALTH_CHECK_INTERVAL = 30
 

@@ -9,7 +9,7 @@ from typing import ClassVar
 from sqlalchemy import JSON, Enum, Index, Text
 from sqlmodel import Field
 
-from app.models.base import BaseTable, SoftDeleteMixin
+from app.models.base import BaseTable, SoftDeleteMixin, purgeable
 
 
 class ItemStatus(StrEnum):
@@ -18,6 +18,7 @@ class ItemStatus(StrEnum):
     ARCHIVED = "archived"
 
 
+@purgeable
 class Item(BaseTable, SoftDeleteMixin, table=True):
     """Something a tenant (or, without a tenant, a single user) keeps track of."""
 

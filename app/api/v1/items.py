@@ -2,22 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
-from app.api.deps import CacheDep, CurrentPrincipal, CurrentUser, CursorCodecDep, SessionDep
+from app.api.deps import (
+    CacheDep,
+    CurrentPrincipal,
+    CurrentUser,
+    CursorCodecDep,
+    JobQueueDep,
+    JobsDep,
+    SessionDep,
+    SettingsDep,
+    job_owner,
+)
 from app.api.preconditions import IfMatch, etag
+from app.core.exceptions import ConflictError, NotFoundError
 from app.core.idempotency import IdempotencyDep
+from app.core.ratelimit import rate_limit
+from app.jobs.exports import export_items
+from app.jobs.queue import JobState
 from app.models.item import Item
 from app.schemas.common import ErrorResponse, Page
-from app.schemas.item import ItemCreate, ItemListParams, ItemRead, ItemUpdate
+from app.schemas.item import ItemCreate, ItemExportParams, ItemListParams, ItemRead, ItemUpdate
+from app.schemas.job import JobAccepted
 from app.services import items as service
+from app.services.item_exports import export_path
 from app.services.items import ItemFilters, ItemScope
 
 router = APIRouter(prefix="/items", tags=["items"])
+limit_writes = rate_limit(scope="items:write")  # RATE_LIMIT_ITEM_WRITES
+limit_exports = rate_limit(scope="items:export")  # RATE_LIMIT_EXPORTS
 
 
 async def get_item_scope(principal: CurrentPrincipal) -> ItemScope:
@@ -49,7 +68,16 @@ def _read(item: Item) -> ItemRead:
     return ItemRead.model_validate(item)
 
 
-@router.post("", status_code=201, response_model=ItemRead, responses=_ERRORS)
+_LIMITED = {429: {"model": ErrorResponse, "description": "Rate limit exceeded."}}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ItemRead,
+    responses=_ERRORS | _LIMITED,
+    dependencies=[limit_writes],
+)
 async def create_item(
     body: ItemCreate,
     request: Request,
@@ -91,6 +119,53 @@ async def list_items(
     return Page(items=[_read(i) for i in page.items], next_cursor=page.next_cursor, total=page.total)
 
 
+@router.post(
+    "/exports",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=_ERRORS | _LIMITED,
+    dependencies=[limit_exports],
+)
+async def export_items_csv(
+    body: ItemExportParams, request: Request, principal: CurrentPrincipal, jobs: JobsDep
+) -> JSONResponse:
+    """Queue a CSV export of the caller's items (same filters as the list); 202 + job URL."""
+    scope = {
+        "tenant_id": principal.tenant_id,
+        "provider": principal.provider,
+        "subject": principal.subject,
+    }
+    filters = body.model_dump(mode="json")
+    job_id = await jobs.enqueue(export_items, scope, filters, _owner=job_owner(principal))
+    status_url = request.app.url_path_for("read_job", job_id=job_id)
+    accepted = JobAccepted(job_id=job_id, status_url=status_url)
+    return JSONResponse(accepted.model_dump(mode="json"), 202, headers={"Location": status_url})
+
+
+@router.get(
+    "/exports/{job_id}/download",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "The export."},
+        404: {"model": ErrorResponse, "description": "No such export for this caller."},
+        409: {"model": ErrorResponse, "description": "The export has not finished."},
+    },
+)
+async def download_export(
+    job_id: str, principal: CurrentPrincipal, queue: JobQueueDep, settings: SettingsDep
+) -> FileResponse:
+    """Download a finished export (only the caller who asked for it can)."""
+    info = await queue.info_for(job_id, job_owner(principal))
+    if info is None or info.function != export_items.name:
+        raise NotFoundError("Export not found.")
+    if info.state is not JobState.COMPLETE:
+        raise ConflictError(f"The export is {info.state.value.replace('_', ' ')}, not ready.")
+    path = export_path(settings.EXPORT_DIR, job_id)
+    if not await asyncio.to_thread(path.is_file):
+        raise NotFoundError("The export file has expired.")
+    return FileResponse(path, media_type="text/csv", filename=f"items-{job_id}.csv")
+
+
 @router.get("/{item_id}", response_model=ItemRead, responses=_ERRORS)
 async def read_item(
     item_id: uuid.UUID, scope: ScopeDep, session: SessionDep, cache: CacheDep
@@ -99,7 +174,12 @@ async def read_item(
     return _item_response(await service.read_item(session, cache, scope, item_id))
 
 
-@router.patch("/{item_id}", response_model=ItemRead, responses=_ERRORS | _PRECONDITION)
+@router.patch(
+    "/{item_id}",
+    response_model=ItemRead,
+    responses=_ERRORS | _PRECONDITION | _LIMITED,
+    dependencies=[limit_writes],
+)
 async def update_item(
     item_id: uuid.UUID,
     body: ItemUpdate,
@@ -113,7 +193,12 @@ async def update_item(
     return _item_response(_read(item))
 
 
-@router.delete("/{item_id}", status_code=204, responses=_ERRORS | _PRECONDITION)
+@router.delete(
+    "/{item_id}",
+    status_code=204,
+    responses=_ERRORS | _PRECONDITION | _LIMITED,
+    dependencies=[limit_writes],
+)
 async def delete_item(
     item_id: uuid.UUID, if_match: IfMatch, scope: ScopeDep, session: SessionDep, cache: CacheDep
 ) -> Response:
@@ -122,7 +207,12 @@ async def delete_item(
     return Response(status_code=204)
 
 
-@router.post("/{item_id}/restore", response_model=ItemRead, responses=_ERRORS)
+@router.post(
+    "/{item_id}/restore",
+    response_model=ItemRead,
+    responses=_ERRORS | _LIMITED,
+    dependencies=[limit_writes],
+)
 async def restore_item(
     item_id: uuid.UUID, scope: ScopeDep, session: SessionDep, cache: CacheDep
 ) -> Response:

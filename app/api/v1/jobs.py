@@ -1,0 +1,28 @@
+"""Background jobs as their owners see them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import CurrentPrincipal, JobQueueDep, job_owner
+from app.core.exceptions import NotFoundError
+from app.schemas.common import ErrorResponse
+from app.schemas.job import JobRead
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobRead,
+    responses={
+        404: {"model": ErrorResponse, "description": "No such job for this caller."},
+        503: {"model": ErrorResponse, "description": "The job queue is unreachable."},
+    },
+)
+async def read_job(job_id: str, principal: CurrentPrincipal, queue: JobQueueDep) -> JobRead:
+    """A job's status (`queued`, `in_progress`, `complete`, `failed`); only its owner sees it."""
+    info = await queue.info_for(job_id, job_owner(principal))
+    if info is None:
+        raise NotFoundError("Job not found.")
+    return JobRead.from_info(info)

@@ -1,0 +1,374 @@
+"""Items over HTTP: CRUD, tenant isolation, paging, filters, ETags, idempotency, caching."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from httpx import AsyncClient
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.config import Settings
+from app.models.item import Item
+from tests.support import CLOSED_PORT_URL, auth_headers, make_settings, running_app
+
+ITEMS = "/api/v1/items"
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncClient]:
+    async with running_app(settings) as (_, client):
+        yield client
+
+
+def caller(settings: Settings, sub: str, tenant: str | None = None) -> dict[str, str]:
+    return auth_headers(settings, sub, tenant=tenant, email=f"{sub}@example.com")
+
+
+async def create(
+    client: AsyncClient, headers: dict[str, str], title: str = "Thing", **fields: Any
+) -> dict[str, Any]:
+    response = await client.post(ITEMS, json={"title": title, **fields}, headers=headers)
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_create_returns_201_location_etag_and_the_item(
+    client: AsyncClient, settings: Settings
+) -> None:
+    headers = caller(settings, "alice", "acme")
+    body = {"title": "  Pump  ", "description": "main", "status": "active", "tags": ["a", "a", "b"]}
+    response = await client.post(ITEMS, json=body, headers=headers)
+    assert response.status_code == 201
+    item = response.json()
+    assert response.headers["location"] == f"{ITEMS}/{item['id']}"
+    assert response.headers["etag"] == '"1"'
+    assert item["title"] == "Pump"
+    assert item["tags"] == ["a", "b"]
+    assert item["status"] == "active"
+    assert item["tenant_id"] == "acme"
+    assert item["version"] == 1
+    fetched = await client.get(response.headers["location"], headers=headers)
+    assert fetched.json() == item
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"title": ""},
+        {"title": "x" * 201},
+        {"title": "ok", "status": "lost"},
+        {"title": "ok", "owner_id": str(uuid.uuid4())},
+        {"title": "ok", "tags": ["bad tag with spaces"]},
+        {"title": "ok", "tags": [f"t{i}" for i in range(21)]},
+        {"title": "ok", "description": "d" * 5001},
+        {},
+    ],
+)
+async def test_invalid_bodies_are_422(
+    client: AsyncClient, settings: Settings, body: dict[str, Any]
+) -> None:
+    response = await client.post(ITEMS, json=body, headers=caller(settings, "alice"))
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+async def test_null_for_a_required_field_in_a_patch_is_422(
+    client: AsyncClient, settings: Settings
+) -> None:
+    headers = caller(settings, "alice")
+    item = await create(client, headers)
+    for body in ({"title": None}, {"status": None}, {"tags": None}, {"version": 5}):
+        response = await client.patch(f"{ITEMS}/{item['id']}", json=body, headers=headers)
+        assert response.status_code == 422, body
+    cleared = await client.patch(f"{ITEMS}/{item['id']}", json={"description": None}, headers=headers)
+    assert cleared.status_code == 200
+
+
+async def test_items_require_authentication(client: AsyncClient) -> None:
+    assert (await client.get(ITEMS)).status_code == 401
+    assert (await client.post(ITEMS, json={"title": "x"})).status_code == 401
+
+
+async def test_other_tenants_cannot_see_or_touch_an_item(
+    client: AsyncClient, settings: Settings
+) -> None:
+    owner = caller(settings, "alice", "acme")
+    colleague = caller(settings, "bob", "acme")
+    outsider = caller(settings, "mallory", "evil")
+    loner = caller(settings, "solo")
+    item = await create(client, owner)
+    url = f"{ITEMS}/{item['id']}"
+    for headers in (outsider, loner):
+        assert (await client.get(url, headers=headers)).status_code == 404
+        assert (await client.patch(url, json={"title": "x"}, headers=headers)).status_code == 404
+        assert (await client.delete(url, headers=headers)).status_code == 404
+        assert (await client.post(f"{url}/restore", headers=headers)).status_code == 404
+        listed = (await client.get(ITEMS, headers=headers)).json()
+        assert listed["items"] == []
+    assert (await client.get(url, headers=colleague)).status_code == 200
+    listed = (await client.get(ITEMS, headers=colleague)).json()
+    assert [row["id"] for row in listed["items"]] == [item["id"]]
+
+
+async def test_without_a_tenant_callers_see_only_their_own_items(
+    client: AsyncClient, settings: Settings
+) -> None:
+    mine = await create(client, caller(settings, "solo"))
+    theirs = await create(client, caller(settings, "other-solo"))
+    await create(client, caller(settings, "carol", "acme"))
+    listed = (await client.get(ITEMS, headers=caller(settings, "solo"))).json()
+    assert [row["id"] for row in listed["items"]] == [mine["id"]]
+    response = await client.get(f"{ITEMS}/{theirs['id']}", headers=caller(settings, "solo"))
+    assert response.status_code == 404
+
+
+async def walk(
+    client: AsyncClient, headers: dict[str, str], params: dict[str, Any], between: Any = None
+) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get(ITEMS, params=query, headers=headers)).json()
+        seen.extend(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return seen
+        if between is not None:
+            await between()
+
+
+@pytest.mark.parametrize("sort", ["-created_at", "created_at", "title", "-title"])
+async def test_paging_returns_every_row_once_while_rows_are_inserted(
+    client: AsyncClient, settings: Settings, sort: str
+) -> None:
+    headers = caller(settings, "alice", "acme")
+    originals = [await create(client, headers, f"item {i % 5}") for i in range(23)]
+
+    async def insert_more() -> None:
+        await create(client, headers, "inserted meanwhile")
+
+    seen = await walk(client, headers, {"limit": 4, "sort": sort}, between=insert_more)
+    ids = [row["id"] for row in seen]
+    assert len(ids) == len(set(ids)), "a row appeared on two pages"
+    assert {row["id"] for row in originals} <= set(ids)
+    key = "title" if sort.endswith("title") else "created_at"
+    pairs = [(row[key], row["id"]) for row in seen if row["title"] != "inserted meanwhile"]
+    assert pairs == sorted(pairs, reverse=sort.startswith("-"))
+
+
+async def test_list_filters_total_and_limits(client: AsyncClient, settings: Settings) -> None:
+    headers = caller(settings, "alice", "acme")
+    await create(client, headers, "100% cotton", status="active")
+    await create(client, headers, "cotton_blend", status="archived")
+    await create(client, headers, "wool", status="active")
+    page = (await client.get(ITEMS, params={"q": "COTTON"}, headers=headers)).json()
+    assert sorted(row["title"] for row in page["items"]) == ["100% cotton", "cotton_blend"]
+    assert page["total"] is None
+    page = (await client.get(ITEMS, params={"q": "%"}, headers=headers)).json()
+    assert [row["title"] for row in page["items"]] == ["100% cotton"]
+    page = (await client.get(ITEMS, params={"q": "_"}, headers=headers)).json()
+    assert [row["title"] for row in page["items"]] == ["cotton_blend"]
+    params = {"status": "active", "include_total": "true", "limit": 1}
+    page = (await client.get(ITEMS, params=params, headers=headers)).json()
+    assert page["total"] == 2
+    assert len(page["items"]) == 1
+    assert page["next_cursor"]
+
+
+async def test_created_between_filters(client: AsyncClient, settings: Settings) -> None:
+    headers = caller(settings, "alice", "acme")
+    item = await create(client, headers)
+    created = item["created_at"]
+    before = {"created_before": created}
+    after = {"created_after": "2000-01-01T00:00:00Z", "created_before": "2999-01-01T00:00:00Z"}
+    assert (await client.get(ITEMS, params=before, headers=headers)).json()["items"] == []
+    assert len((await client.get(ITEMS, params=after, headers=headers)).json()["items"]) == 1
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": 0},
+        {"limit": 101},
+        {"status": "lost"},
+        {"sort": "owner_id"},
+        {"created_after": "yesterday"},
+        {"created_after": "2024-01-01T00:00:00"},  # no time zone
+        {"cursor": "not-a-cursor"},
+        {"unknown": "1"},
+    ],
+)
+async def test_bad_list_parameters_are_422(
+    client: AsyncClient, settings: Settings, params: dict[str, Any]
+) -> None:
+    response = await client.get(ITEMS, params=params, headers=caller(settings, "alice"))
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+async def test_cursors_cannot_be_altered_or_reused_with_another_sort(
+    client: AsyncClient, settings: Settings
+) -> None:
+    headers = caller(settings, "alice", "acme")
+    for i in range(3):
+        await create(client, headers, f"t{i}")
+    page = (await client.get(ITEMS, params={"limit": 1}, headers=headers)).json()
+    cursor = page["next_cursor"]
+    tampered = cursor[:-2] + ("AA" if cursor[-2:] != "AA" else "BB")
+    for params in ({"cursor": tampered}, {"cursor": cursor, "sort": "title"}):
+        response = await client.get(ITEMS, params={"limit": 1, **params}, headers=headers)
+        assert response.status_code == 422
+
+
+async def test_etags_and_if_match(client: AsyncClient, settings: Settings) -> None:
+    headers = caller(settings, "alice", "acme")
+    item = await create(client, headers)
+    url = f"{ITEMS}/{item['id']}"
+    assert (await client.get(url, headers=headers)).headers["etag"] == '"1"'
+    updated = await client.patch(url, json={"title": "v2"}, headers=headers | {"If-Match": '"1"'})
+    assert updated.status_code == 200
+    assert updated.headers["etag"] == '"2"'
+    stale = await client.patch(url, json={"title": "v3"}, headers=headers | {"If-Match": '"1"'})
+    assert stale.status_code == 412
+    assert stale.json()["error"]["code"] == "precondition_failed"
+    weak = await client.patch(url, json={"title": "v3"}, headers=headers | {"If-Match": 'W/"2"'})
+    assert weak.status_code == 412
+    blind = await client.patch(url, json={"title": "v3"}, headers=headers)
+    assert blind.status_code == 200
+    assert blind.json()["version"] == 3
+    empty = await client.patch(url, json={}, headers=headers | {"If-Match": '"3"'})
+    assert empty.status_code == 200
+    assert empty.json()["version"] == 3
+    assert (await client.delete(url, headers=headers | {"If-Match": '"2"'})).status_code == 412
+    assert (await client.delete(url, headers=headers | {"If-Match": '"3"'})).status_code == 204
+    assert (await client.get(url, headers=headers)).status_code == 404
+
+
+async def test_soft_delete_and_restore(client: AsyncClient, settings: Settings) -> None:
+    headers = caller(settings, "alice", "acme")
+    item = await create(client, headers)
+    url = f"{ITEMS}/{item['id']}"
+    assert (await client.delete(url, headers=headers)).status_code == 204
+    assert (await client.delete(url, headers=headers)).status_code == 404
+    assert (await client.get(ITEMS, headers=headers)).json()["items"] == []
+    restored = await client.post(f"{url}/restore", headers=headers)
+    assert restored.status_code == 200
+    assert restored.json()["title"] == item["title"]
+    again = await client.post(f"{url}/restore", headers=headers)
+    assert again.status_code == 200
+    assert again.json()["version"] == restored.json()["version"]
+    assert (await client.get(url, headers=headers)).status_code == 200
+
+
+async def test_unknown_ids_are_404_and_malformed_ids_422(
+    client: AsyncClient, settings: Settings
+) -> None:
+    headers = caller(settings, "alice")
+    assert (await client.get(f"{ITEMS}/{uuid.uuid4()}", headers=headers)).status_code == 404
+    assert (await client.get(f"{ITEMS}/not-a-uuid", headers=headers)).status_code == 422
+
+
+async def test_idempotent_create_without_redis_still_works(
+    client: AsyncClient, settings: Settings
+) -> None:
+    headers = caller(settings, "alice", "acme") | {"Idempotency-Key": "k-1"}
+    first = await client.post(ITEMS, json={"title": "A"}, headers=headers)
+    second = await client.post(ITEMS, json={"title": "A"}, headers=headers)
+    assert first.status_code == second.status_code == 201
+    bad = await client.post(ITEMS, json={"title": "A"}, headers=headers | {"Idempotency-Key": ""})
+    assert bad.status_code == 422
+
+
+@pytest.fixture
+async def redis_client(
+    database_url: str, redis_url: str, clean_db: None
+) -> AsyncIterator[tuple[Settings, AsyncClient]]:
+    settings = make_settings(database_url, REDIS_URL=redis_url)
+    async with running_app(settings) as (_, client):
+        yield settings, client
+
+
+async def test_idempotency_key_replays_the_first_response(
+    redis_client: tuple[Settings, AsyncClient],
+) -> None:
+    settings, client = redis_client
+    key = uuid.uuid4().hex
+    headers = caller(settings, f"idem-{key}", "acme") | {"Idempotency-Key": key}
+    first = await client.post(ITEMS, json={"title": "Once"}, headers=headers)
+    replay = await client.post(ITEMS, json={"title": "Once"}, headers=headers)
+    assert first.status_code == replay.status_code == 201
+    assert replay.json() == first.json()
+    assert replay.headers["location"] == first.headers["location"]
+    assert replay.headers["idempotent-replayed"] == "true"
+    listed = await client.get(ITEMS, params={"include_total": "true"}, headers=headers)
+    assert listed.json()["total"] == 1
+    mismatch = await client.post(ITEMS, json={"title": "Other"}, headers=headers)
+    assert mismatch.status_code == 422
+    other_caller = caller(settings, f"idem2-{key}", "acme") | {"Idempotency-Key": key}
+    separate = await client.post(ITEMS, json={"title": "Once"}, headers=other_caller)
+    assert separate.status_code == 201
+    assert separate.json()["id"] != first.json()["id"]
+
+
+async def test_a_failed_request_does_not_burn_its_idempotency_key(
+    redis_client: tuple[Settings, AsyncClient],
+) -> None:
+    settings, client = redis_client
+    key = uuid.uuid4().hex
+    headers = caller(settings, f"idem-{key}", "acme") | {"Idempotency-Key": key}
+    rejected = await client.post(ITEMS, json={"title": ""}, headers=headers)
+    assert rejected.status_code == 422
+    created = await client.post(ITEMS, json={"title": "Fine"}, headers=headers)
+    assert created.status_code == 201
+
+
+async def test_single_item_reads_are_cached_and_invalidated_by_writes(
+    redis_client: tuple[Settings, AsyncClient], db_engine: AsyncEngine
+) -> None:
+    settings, client = redis_client
+    headers = caller(settings, f"cache-{uuid.uuid4().hex}", f"t-{uuid.uuid4().hex}")
+    item = await create(client, headers, "Original")
+    url = f"{ITEMS}/{item['id']}"
+    assert (await client.get(url, headers=headers)).json()["title"] == "Original"
+    async with db_engine.begin() as conn:  # a change behind the API's back
+        await conn.execute(
+            update(Item).where(Item.id == uuid.UUID(item["id"])).values(title="Changed in DB")
+        )
+    assert (await client.get(url, headers=headers)).json()["title"] == "Original"  # cache hit
+    await client.patch(url, json={"description": "touch"}, headers=headers)
+    assert (await client.get(url, headers=headers)).json()["title"] == "Changed in DB"
+    await client.delete(url, headers=headers)
+    assert (await client.get(url, headers=headers)).status_code == 404
+
+
+async def test_a_redis_outage_only_costs_speed(database_url: str, clean_db: None) -> None:
+    settings = make_settings(database_url, REDIS_URL=f"redis://{CLOSED_PORT_URL}/0")
+    async with running_app(settings) as (_, client):
+        headers = caller(settings, "alice", "acme") | {"Idempotency-Key": "during-outage"}
+        item = await create(client, headers)
+        response = await client.get(f"{ITEMS}/{item['id']}", headers=headers)
+        assert response.status_code == 200
+        assert response.json()["id"] == item["id"]
+
+
+async def test_item_writes_are_rate_limited(
+    database_url: str, redis_url: str, clean_db: None
+) -> None:
+    settings = make_settings(database_url, REDIS_URL=redis_url, RATE_LIMIT_ITEM_WRITES="2/minute")
+    async with running_app(settings) as (_, client):
+        headers = caller(settings, f"rl-{uuid.uuid4().hex}", "acme")
+        first = await client.post(ITEMS, json={"title": "1"}, headers=headers)
+        assert first.headers["ratelimit-limit"] == "2"
+        assert first.headers["ratelimit-remaining"] == "1"
+        await client.post(ITEMS, json={"title": "2"}, headers=headers)
+        third = await client.post(ITEMS, json={"title": "3"}, headers=headers)
+        assert third.status_code == 429
+        assert int(third.headers["retry-after"]) >= 1
+        assert third.json()["error"]["code"] == "rate_limited"
+        assert (await client.get(ITEMS, headers=headers)).status_code == 200

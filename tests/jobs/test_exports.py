@@ -1,0 +1,141 @@
+"""Item exports end to end: API -> queue -> in-process worker -> CSV download."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from httpx import AsyncClient
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.config import Settings
+from app.jobs.exports import export_items
+from app.jobs.purge import purge_soft_deleted
+from app.jobs.queue import JobQueue
+from app.core.cache import create_redis
+from app.models.base import utcnow
+from app.models.item import Item
+from tests.jobs.conftest import job_settings, run_worker
+from tests.support import CLOSED_PORT_URL, auth_headers, make_settings, running_app
+
+ITEMS = "/api/v1/items"
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, clean_db: None, tmp_path: Path) -> Settings:
+    return job_settings(database_url, redis_url, EXPORT_DIR=str(tmp_path / "exports"))
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncClient]:
+    async with running_app(settings) as (_, client):
+        yield client
+
+
+def caller(settings: Settings, sub: str, tenant: str | None = "acme") -> dict[str, str]:
+    return auth_headers(settings, sub, tenant=tenant)
+
+
+async def add(client: AsyncClient, headers: dict[str, str], title: str, **fields: Any) -> str:
+    response = await client.post(ITEMS, json={"title": title, **fields}, headers=headers)
+    assert response.status_code == 201, response.text
+    item_id: str = response.json()["id"]
+    return item_id
+
+
+async def test_export_writes_the_callers_filtered_items_as_csv(
+    client: AsyncClient, settings: Settings
+) -> None:
+    alice = caller(settings, "alice")
+    await add(client, alice, "=HYPERLINK(evil)", status="active", tags=["x", "y"])
+    await add(client, alice, "plain", status="active")
+    await add(client, alice, "archived one", status="archived")
+    await add(client, caller(settings, "mallory", "evil"), "not yours", status="active")
+
+    response = await client.post(f"{ITEMS}/exports", json={"status": "active"}, headers=alice)
+    assert response.status_code == 202
+    job_id = response.json()["job_id"]
+    assert response.headers["location"] == f"/api/v1/jobs/{job_id}"
+    queued = await client.get(response.headers["location"], headers=alice)
+    assert queued.json()["status"] == "queued"
+    early = await client.get(f"{ITEMS}/exports/{job_id}/download", headers=alice)
+    assert early.status_code == 409
+
+    await run_worker(settings, [export_items])
+
+    status = (await client.get(f"/api/v1/jobs/{job_id}", headers=alice)).json()
+    assert status["status"] == "complete"
+    assert status["result"]["rows"] == 2
+    download = await client.get(status["result"]["download_url"], headers=alice)
+    assert download.status_code == 200
+    assert download.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(download.text)))
+    assert sorted(row["title"] for row in rows) == ["'=HYPERLINK(evil)", "plain"]
+    assert {row["status"] for row in rows} == {"active"}
+    assert "x;y" in {row["tags"] for row in rows}
+
+
+async def test_only_the_caller_who_asked_sees_the_export(
+    client: AsyncClient, settings: Settings
+) -> None:
+    alice = caller(settings, "alice")
+    colleague = caller(settings, "bob")
+    job_id = (await client.post(f"{ITEMS}/exports", json={}, headers=alice)).json()["job_id"]
+    await run_worker(settings, [export_items])
+    assert (await client.get(f"/api/v1/jobs/{job_id}", headers=alice)).status_code == 200
+    assert (await client.get(f"/api/v1/jobs/{job_id}", headers=colleague)).status_code == 404
+    download = await client.get(f"{ITEMS}/exports/{job_id}/download", headers=colleague)
+    assert download.status_code == 404
+    assert (await client.get("/api/v1/jobs/nope", headers=alice)).status_code == 404
+
+
+async def test_bad_export_filters_are_422(client: AsyncClient, settings: Settings) -> None:
+    response = await client.post(
+        f"{ITEMS}/exports", json={"status": "lost"}, headers=caller(settings, "alice")
+    )
+    assert response.status_code == 422
+
+
+async def test_export_without_redis_is_a_503(database_url: str, clean_db: None) -> None:
+    settings = make_settings(database_url, REDIS_URL=f"redis://{CLOSED_PORT_URL}/0")
+    async with running_app(settings) as (_, client):
+        headers = caller(settings, "alice")
+        response = await client.post(f"{ITEMS}/exports", json={}, headers=headers)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "service_unavailable"
+        assert (await client.get(ITEMS, headers=headers)).status_code == 200
+
+
+async def test_purge_removes_exactly_the_expired_soft_deleted_items(
+    client: AsyncClient, settings: Settings, db_engine: AsyncEngine
+) -> None:
+    alice = caller(settings, "alice")
+    expired = await add(client, alice, "old")
+    recent = await add(client, alice, "new")
+    live = await add(client, alice, "live")
+    for item_id in (expired, recent):
+        assert (await client.delete(f"{ITEMS}/{item_id}", headers=alice)).status_code == 204
+    async with db_engine.begin() as conn:
+        await conn.execute(
+            update(Item)
+            .where(Item.id == uuid.UUID(expired))
+            .values(deleted_at=utcnow() - timedelta(days=settings.SOFT_DELETE_RETENTION_DAYS + 1))
+        )
+    redis = create_redis(settings)
+    assert redis is not None
+    try:
+        queue = JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME)
+        await queue.enqueue(purge_soft_deleted)
+        await run_worker(settings, [purge_soft_deleted])
+    finally:
+        await redis.aclose()
+    async with db_engine.connect() as conn:
+        remaining = set((await conn.execute(select(Item.id))).scalars())
+    assert remaining == {uuid.UUID(recent), uuid.UUID(live)}
