@@ -26,6 +26,7 @@ from app.core.exceptions import register_exception_handlers
 from app.core.health import ReadinessProbe
 from app.core.logging import setup_logging
 from app.core.middleware import RequestContextMiddleware
+from app.core.pagination import CursorCodec
 from app.core.ratelimit import RateLimiter
 from app.core.security import TokenVerifier
 from app.jobs.queue import JobQueue
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if docs else None,
     )
     app.state.settings = settings
+    app.state.cursor_codec = CursorCodec(settings.SECRET_KEY.get_secret_value())
     register_exception_handlers(app)
     app.include_router(api_router, prefix=settings.API_V1_STR)
     if auth.local_jwks is not None:

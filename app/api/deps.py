@@ -11,6 +11,7 @@ from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import SessionDep
 from app.core.health import ReadinessProbe
+from app.core.pagination import CursorCodec
 from app.core.security import CurrentPrincipal, OptionalPrincipal, Principal, require_roles
 from app.jobs.enqueue import JobQueueDep, JobsDep
 from app.models.user import User
@@ -32,6 +33,16 @@ async def get_readiness_probe(request: Request) -> ReadinessProbe:
     return probe
 
 
+async def get_cursor_codec(request: Request) -> CursorCodec:
+    codec: CursorCodec = request.app.state.cursor_codec
+    return codec
+
+
+def job_owner(principal: Principal) -> str:
+    """How a job records who asked for it (checked when its status is read)."""
+    return f"{principal.provider}:{principal.subject}"
+
+
 async def get_current_user(principal: CurrentPrincipal, session: SessionDep) -> User:
     """The caller's `users` row, created on first use (401 without a valid token)."""
     return await get_or_create_user(session, principal)
@@ -41,11 +52,13 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
 ReadinessDep = Annotated[ReadinessProbe, Depends(get_readiness_probe)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
+CursorCodecDep = Annotated[CursorCodec, Depends(get_cursor_codec)]
 
 __all__ = [
     "CacheDep",
     "CurrentPrincipal",
     "CurrentUser",
+    "CursorCodecDep",
     "JobQueueDep",
     "JobsDep",
     "OptionalPrincipal",
@@ -53,5 +66,6 @@ __all__ = [
     "ReadinessDep",
     "SessionDep",
     "SettingsDep",
+    "job_owner",
     "require_roles",
 ]

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, func
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.types import TypeDecorator, TypeEngine
 from sqlmodel import Field, SQLModel
 
@@ -44,7 +44,7 @@ def uuid7() -> uuid.UUID:
 # SQLite keeps datetimes as text and compares them as text, and its CURRENT_TIMESTAMP
 # (what `func.now()` becomes) has whole seconds: values bound from Python are written
 # in that same shape, or "12:00:00" and "12:00:00.000000" would compare as different.
-_SQLITE_DATETIME = sqlite.DATETIME(
+_SQLITE_DATETIME = sqlite.DATETIME(  # type: ignore[no-untyped-call]
     storage_format="%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d",
     regexp=r"(\d+)-(\d+)-(\d+) (\d+):(\d+):(\d+)",
 )

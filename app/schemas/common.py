@@ -6,7 +6,6 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
-
 T = TypeVar("T")
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
-from sqlmodel import col
+from sqlalchemy import ColumnElement, and_, func, or_, update
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.cache import Cache
@@ -140,12 +140,12 @@ async def _conditional_update(
         .returning(Item)
         .execution_options(synchronize_session=False)
     )
-    item = (await session.execute(statement)).scalars().first()
+    item: Item | None = (await session.exec(statement)).scalars().first()
     if item is not None:
         return item
-    if expected_versions is not None:
-        if (await session.exec(select(col(Item.id)).where(*where))).first() is not None:
-            raise PreconditionFailedError("The item has changed since it was read; fetch it again.")
+    exists = select(col(Item.id)).where(*where)
+    if expected_versions is not None and (await session.exec(exists)).first() is not None:
+        raise PreconditionFailedError("The item has changed since it was read; fetch it again.")
     raise NotFoundError("Item not found.")
 
 

@@ -15,11 +15,11 @@ from httpx import AsyncClient
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.cache import create_redis
 from app.core.config import Settings
 from app.jobs.exports import export_items
 from app.jobs.purge import purge_soft_deleted
 from app.jobs.queue import JobQueue
-from app.core.cache import create_redis
 from app.models.base import utcnow
 from app.models.item import Item
 from tests.jobs.conftest import job_settings, run_worker

@@ -53,7 +53,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         422: "Invalid input.",
     }.items()
 }
-_PRECONDITION = {412: {"model": ErrorResponse, "description": "If-Match is stale."}}
+_PRECONDITION: dict[int | str, dict[str, Any]] = {
+    412: {"model": ErrorResponse, "description": "If-Match is stale."}
+}
 
 
 def _item_response(item: ItemRead, status_code: int = 200, **headers: str) -> JSONResponse:
@@ -68,7 +70,9 @@ def _read(item: Item) -> ItemRead:
     return ItemRead.model_validate(item)
 
 
-_LIMITED = {429: {"model": ErrorResponse, "description": "Rate limit exceeded."}}
+_LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorResponse, "description": "Rate limit exceeded."}
+}
 
 
 @router.post(
@@ -116,7 +120,9 @@ async def list_items(
         cursor=params.cursor,
         include_total=params.include_total,
     )
-    return Page(items=[_read(i) for i in page.items], next_cursor=page.next_cursor, total=page.total)
+    return Page(
+        items=[_read(i) for i in page.items], next_cursor=page.next_cursor, total=page.total
+    )
 
 
 @router.post(
@@ -218,4 +224,3 @@ async def restore_item(
 ) -> Response:
     """Undo a soft delete."""
     return _item_response(_read(await service.restore_item(session, cache, scope, item_id)))
-

@@ -85,7 +85,9 @@ async def test_null_for_a_required_field_in_a_patch_is_422(
     for body in ({"title": None}, {"status": None}, {"tags": None}, {"version": 5}):
         response = await client.patch(f"{ITEMS}/{item['id']}", json=body, headers=headers)
         assert response.status_code == 422, body
-    cleared = await client.patch(f"{ITEMS}/{item['id']}", json={"description": None}, headers=headers)
+    cleared = await client.patch(
+        f"{ITEMS}/{item['id']}", json={"description": None}, headers=headers
+    )
     assert cleared.status_code == 200
 
 
