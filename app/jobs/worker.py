@@ -34,6 +34,9 @@ CRON_JOBS: tuple[tuple[JobFunction[..., Any], dict[str, Any]], ...] = (
     (remove_expired_exports, {"minute": 41}),
 )
 HEALTH_CHECK_INTERVAL = 30
+# Seconds running jobs get to finish after SIGTERM before they are cancelled (and
+# retried later); below the 60 s grace period the Kubernetes worker pods allow.
+JOB_COMPLETION_WAIT = 45
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -87,6 +90,7 @@ def worker_options(
         "max_tries": settings.JOB_MAX_TRIES,
         "keep_result": settings.JOB_KEEP_RESULT,
         "health_check_interval": HEALTH_CHECK_INTERVAL,
+        "job_completion_wait": JOB_COMPLETION_WAIT,
         "job_serializer": job_serializer,
         "job_deserializer": job_deserializer,
         "ctx": {"settings": settings},
