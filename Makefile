@@ -73,7 +73,7 @@ prestart: install ## Wait for the database (bounded retries), then apply migrati
 	$(RUN) python -m scripts.prestart $(ARGS)
 
 token: install ## Print a local-provider token: make token sub=alice email=a@x.io roles=admin tenant=acme
-	@$(RUN) python -m scripts.token --sub "$(sub)" --email "$(email)" --roles "$(roles)" --tenant "$(tenant)" --name "$(name)" --ttl "$(or $(ttl),0)"
+	@$(RUN) python -m scripts.local_token --sub "$(sub)" --email "$(email)" --roles "$(roles)" --tenant "$(tenant)" --name "$(name)" --ttl "$(or $(ttl),0)"
 
 test: install ## Run the test suite (TEST_DATABASE_URL / TEST_REDIS_URL select real services)
 	$(RUN) pytest $(ARGS)
@@ -88,4 +88,4 @@ format: install ## Apply ruff fixes and formatting
 	$(RUN) ruff format .
 
 bench: install ## Benchmark the request path against a bare FastAPI app (scripts/bench.py)
-	$(RUN) python scripts/bench.py $(ARGS)
+	$(RUN) python -m scripts.bench $(ARGS)

@@ -17,11 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__
 from app.api import well_known
-from app.api.v1.router import api_router
+from app.api.v1.router import ROUTERS
 from app.core.auth_providers import ProviderConfig, provider_config
 from app.core.cache import REDIS_ERRORS, Cache, create_redis
 from app.core.config import Settings, get_settings
-from app.core.db import SessionFactory, create_engine, create_session_factory
+from app.core.db import (
+    SessionFactory,
+    create_engine,
+    create_read_session_factory,
+    create_session_factory,
+)
 from app.core.exceptions import register_exception_handlers
 from app.core.health import ReadinessProbe
 from app.core.logging import setup_logging
@@ -39,6 +44,7 @@ class AppState(TypedDict):
 
     engine: AsyncEngine
     session_factory: SessionFactory
+    read_session_factory: SessionFactory
     redis: Redis | None
     cache: Cache
     readiness: ReadinessProbe
@@ -73,6 +79,7 @@ def _lifespan(
         state = AppState(
             engine=engine,
             session_factory=create_session_factory(engine),
+            read_session_factory=create_read_session_factory(engine),
             redis=redis,
             cache=Cache(redis),
             readiness=ReadinessProbe(
@@ -119,7 +126,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.cursor_codec = CursorCodec(settings.SECRET_KEY.get_secret_value())
     register_exception_handlers(app)
-    app.include_router(api_router, prefix=settings.API_V1_STR)
+    for router, prefix in ROUTERS:
+        app.include_router(router, prefix=settings.API_V1_STR + prefix)
     if auth.local_jwks is not None:
         app.include_router(well_known.router)
     if settings.BACKEND_CORS_ORIGINS:

@@ -14,7 +14,7 @@ second and the ratio to the baseline:
     authenticated read  template GET /api/v1/users/me  vs bare SELECT 1    (target 0.60x)
 
 The authenticated read runs only when the app has the local auth provider and
-`/api/v1/users/me` (a token is minted by `scripts/token.py`).
+`/api/v1/users/me` (a token is minted by `scripts/local_token.py`).
 """
 
 from __future__ import annotations
@@ -131,13 +131,10 @@ def measure(
 
 
 def mint_token(env: dict[str, str]) -> str | None:
-    script = ROOT / "scripts" / "token.py"
-    if not script.exists():
+    if not (ROOT / "scripts" / "local_token.py").exists():
         return None
-    result = subprocess.run(
-        [PYTHON, str(script), "--sub", "bench-user", "--email", "bench@example.com"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    command = [PYTHON, "-m", "scripts.local_token", "--sub", "bench", "--email", "b@example.com"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from app.core.cache import Cache
 from app.core.config import Settings
-from app.core.db import SessionDep
+from app.core.db import ReadSessionDep, SessionDep
 from app.core.health import ReadinessProbe
 from app.core.pagination import CursorCodec
 from app.core.security import CurrentPrincipal, OptionalPrincipal, Principal, require_roles
@@ -43,9 +43,14 @@ def job_owner(principal: Principal) -> str:
     return f"{principal.provider}:{principal.subject}"
 
 
-async def get_current_user(principal: CurrentPrincipal, session: SessionDep) -> User:
-    """The caller's `users` row, created on first use (401 without a valid token)."""
-    return await get_or_create_user(session, principal)
+async def get_current_user(principal: CurrentPrincipal, request: Request) -> User:
+    """The caller's `users` row, created on first use (401 without a valid token).
+
+    Looked up in a short read session whose connection goes back to the pool at once,
+    so the handler's own session is the only one the request holds.
+    """
+    async with request.state.read_session_factory() as session:
+        return await get_or_create_user(session, principal)
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
@@ -63,6 +68,7 @@ __all__ = [
     "JobsDep",
     "OptionalPrincipal",
     "Principal",
+    "ReadSessionDep",
     "ReadinessDep",
     "SessionDep",
     "SettingsDep",

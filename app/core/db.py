@@ -1,9 +1,11 @@
 """Async database engine, sessions and the request transaction boundary.
 
 `create_engine` builds the engine for PostgreSQL (asyncpg) or SQLite (aiosqlite)
-from settings; the app's lifespan owns it. `get_session` is the one transaction
-boundary for requests: it commits when the handler succeeds and rolls back when
-anything raises. Scripts and jobs use `session_context`, which behaves the same.
+from settings; the app's lifespan owns it. `get_session` (`SessionDep`) is the one
+transaction boundary for requests: it commits when the handler succeeds and rolls
+back when anything raises. Scripts and jobs use `session_context`, which behaves the
+same. Handlers that only read use `ReadSessionDep`: no transaction, one round trip
+per query.
 
 `on_commit(session, callback)` defers work (sending a job, say) until the session's
 transaction has committed; a rollback discards it, so nothing leaves the process
@@ -49,11 +51,16 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
     elif settings.DB_USE_NULL_POOL:
         options["poolclass"] = NullPool
     else:
+        # Pre-ping is off by default: on asyncpg it costs three round trips per checkout
+        # (BEGIN, a no-op, ROLLBACK). Connections are recycled before servers or proxies
+        # drop them, and a connection found dead invalidates the whole pool, so a database
+        # restart costs at most one failed request per process.
         options |= {
             "pool_size": settings.DB_POOL_SIZE,
             "max_overflow": settings.DB_MAX_OVERFLOW,
             "pool_timeout": settings.DB_POOL_TIMEOUT,
-            "pool_pre_ping": True,
+            "pool_recycle": settings.DB_POOL_RECYCLE,
+            "pool_pre_ping": settings.DB_POOL_PRE_PING,
         }
     if not settings.is_sqlite and settings.DB_USE_NULL_POOL:
         # pgbouncer in transaction mode cannot keep server-side prepared statements.
@@ -70,6 +77,15 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+def create_read_session_factory(engine: AsyncEngine) -> SessionFactory:
+    """Sessions for work that only reads: each statement runs on its own, with no
+    BEGIN/COMMIT around it, so a read costs one round trip and holds a pooled connection
+    no longer than that. A single-statement write (an upsert) is still atomic; anything
+    that writes more than once belongs in `SessionDep`."""
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return async_sessionmaker(autocommit, class_=AsyncSession, expire_on_commit=False)
 
 
 def on_commit(session: AsyncSession, callback: AfterCommit) -> None:
@@ -112,6 +128,15 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 # scope="function" runs the commit before the response is sent, so a failed commit
 # becomes an error response instead of a 2xx for data that was never stored.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session for handlers that only read (see `create_read_session_factory`)."""
+    async with request.state.read_session_factory() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
 
 
 async def init_db(engine: AsyncEngine) -> None:

@@ -19,6 +19,8 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.logging import request_id_var
@@ -181,7 +183,32 @@ async def _request_validation_handler(request: Request, exc: Exception) -> JSONR
     )
 
 
+def _is_database_unavailable(exc: Exception) -> bool:
+    """A failure of the connection to the database, not of the query: the database is
+    down, restarting or unreachable, a pooled connection died, or the pool is exhausted.
+    The request's transaction did not commit, so the client may safely retry."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated
+    return isinstance(exc, (PoolTimeoutError, ConnectionError))
+
+
+async def _database_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    where = f"{request.method} {request.url.path}"
+    if not _is_database_unavailable(exc):
+        logger.error("unhandled database error on %s", where, exc_info=exc)
+        return error_response(500, AppError.code, AppError.default_message)
+    logger.warning("database unavailable on %s: %s", where, type(exc).__name__, exc_info=exc)
+    return error_response(
+        503,
+        ServiceUnavailableError.code,
+        "The database is unavailable; try again shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
 def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_exception_handler(RequestValidationError, _request_validation_handler)
+    for error in (DBAPIError, PoolTimeoutError, ConnectionError):
+        app.add_exception_handler(error, _database_error_handler)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 _HANDLER_NAME = "app"
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 ACCESS_LOGGER = "app.access"
+ACCESS_MESSAGE = "request completed"
 access_logger = logging.getLogger(ACCESS_LOGGER)
 
 # Attributes every LogRecord has; anything else was passed through `extra=`.
@@ -76,6 +77,12 @@ class LineFormatter(logging.Formatter):
     ) -> str:
         raise NotImplementedError
 
+    def render_access(
+        self, created: float, request_id: str | None, fields: Mapping[str, object]
+    ) -> str:
+        """The access-log line for one request (`fields`: method, path, status, duration_ms)."""
+        return self.render(created, "INFO", ACCESS_LOGGER, ACCESS_MESSAGE, request_id, fields)
+
     def format(self, record: logging.LogRecord) -> str:
         exc_text = self.formatException(record.exc_info) if record.exc_info else None
         return self.render(
@@ -117,6 +124,20 @@ class JsonFormatter(LineFormatter):
         if exc_text:
             payload["exc_info"] = exc_text
         return json.dumps(payload, default=str, ensure_ascii=False)
+
+    def render_access(
+        self, created: float, request_id: str | None, fields: Mapping[str, object]
+    ) -> str:
+        # The same object `render` produces, assembled by hand because this line is
+        # written once per request: strings go through json.dumps, the rest are numbers.
+        method = json.dumps(fields["method"])
+        path = json.dumps(fields["path"], ensure_ascii=False)
+        return (
+            f'{{"ts": "{self._clock(created)}Z", "level": "INFO", "logger": "{ACCESS_LOGGER}", '
+            f'"message": "{ACCESS_MESSAGE}", "request_id": {json.dumps(request_id)}, '
+            f'"method": {method}, "path": {path}, '
+            f'"status": {fields["status"]:d}, "duration_ms": {fields["duration_ms"]!r}}}'
+        )
 
 
 class ConsoleFormatter(LineFormatter):
@@ -229,12 +250,9 @@ def log_access(method: str, path: str, status: int, duration_ms: float) -> None:
     handler = _direct_access_handler()
     formatter = handler.formatter if handler is not None else None
     if handler is None or not isinstance(formatter, LineFormatter):
-        access_logger.info("request completed", extra=fields)
+        access_logger.info(ACCESS_MESSAGE, extra=fields)
         return
-    line = formatter.render(
-        time.time(), "INFO", access_logger.name, "request completed", request_id_var.get(), fields
-    )
-    handler.write_line(line)
+    handler.write_line(formatter.render_access(time.time(), request_id_var.get(), fields))
 
 
 def setup_logging(level: str, fmt: Literal["console", "json"]) -> None:

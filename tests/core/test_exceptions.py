@@ -5,11 +5,14 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from httpx import AsyncClient
 from pydantic import BaseModel, Field
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from app.core import exceptions
 from app.core.config import Settings
+from app.core.db import SessionDep
 from app.main import create_app
-from tests.support import running_app
+from tests.support import auth_headers, make_settings, running_app
 
 router = APIRouter(prefix="/boom")
 
@@ -28,6 +31,16 @@ async def raise_app_error(name: str) -> None:
 @router.get("/crash")
 async def crash() -> None:
     raise RuntimeError("database password is hunter2")
+
+
+@router.get("/bad-sql")
+async def bad_sql(session: SessionDep) -> None:
+    await session.exec(text("SELECT * FROM no_such_table_secret_name"))
+
+
+@router.get("/dropped-connection")
+async def dropped_connection() -> None:
+    raise DBAPIError("SELECT 1", {}, OSError("server closed"), connection_invalidated=True)
 
 
 @router.post("/validate")
@@ -125,3 +138,29 @@ async def test_unhandled_errors_are_a_500_without_internals(
     assert logged
     assert logged[0].exc_info is not None
     assert logged[0].request_id == "crash-1"  # type: ignore[attr-defined]
+
+
+async def test_an_unreachable_database_is_a_503_not_a_500(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings("postgresql+asyncpg://app@127.0.0.1:9/app", DB_POOL_TIMEOUT=2)
+    async with running_app(settings) as (_, client):
+        response = await client.get("/api/v1/users/me", headers=auth_headers(settings, "u1"))
+    assert response.status_code == 503
+    error = assert_error_shape(response.json(), "service_unavailable")
+    assert "127.0.0.1" not in response.text
+    assert error["request_id"] == response.headers["x-request-id"]
+    assert response.headers["retry-after"] == "1"
+
+
+async def test_a_dropped_database_connection_is_a_503(client: AsyncClient) -> None:
+    response = await client.get("/boom/dropped-connection")
+    assert response.status_code == 503
+    assert_error_shape(response.json(), "service_unavailable")
+
+
+async def test_a_failing_query_is_a_500_that_shows_no_sql(client: AsyncClient) -> None:
+    response = await client.get("/boom/bad-sql")
+    assert response.status_code == 500
+    assert_error_shape(response.json(), "internal_error")
+    assert "no_such_table" not in response.text

@@ -110,7 +110,7 @@ async def test_make_token_prints_a_token_the_api_accepts(settings: Settings) -> 
 def test_the_token_script_refuses_other_providers() -> None:
     env = script_env(AUTH_PROVIDER="oidc", OIDC_ISSUER="https://id.example/", OIDC_AUDIENCE="api")
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.token", "--sub", "x"],
+        [sys.executable, "-m", "scripts.local_token", "--sub", "x"],
         cwd=ROOT,
         env=env,
         capture_output=True,

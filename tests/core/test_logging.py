@@ -15,6 +15,11 @@ from app.core.logging import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _app_logging() -> None:
+    setup_logging("INFO", "json")  # installs the record factory that stamps request ids
+
+
 @pytest.fixture
 def pipe_handler() -> Iterator[tuple[BufferedStderrHandler, int]]:
     read_fd, write_fd = os.pipe()

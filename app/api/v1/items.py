@@ -16,6 +16,7 @@ from app.api.deps import (
     CursorCodecDep,
     JobQueueDep,
     JobsDep,
+    ReadSessionDep,
     SessionDep,
     SettingsDep,
     job_owner,
@@ -105,7 +106,7 @@ async def create_item(
 async def list_items(
     params: Annotated[ItemListParams, Query()],
     scope: ScopeDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     codec: CursorCodecDep,
 ) -> Page[ItemRead]:
     """List items, newest first by default, with cursor paging and filters."""
@@ -174,7 +175,7 @@ async def download_export(
 
 @router.get("/{item_id}", response_model=ItemRead, responses=_ERRORS)
 async def read_item(
-    item_id: uuid.UUID, scope: ScopeDep, session: SessionDep, cache: CacheDep
+    item_id: uuid.UUID, scope: ScopeDep, session: ReadSessionDep, cache: CacheDep
 ) -> Response:
     """One item, with its `ETag`."""
     return _item_response(await service.read_item(session, cache, scope, item_id))

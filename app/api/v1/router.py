@@ -1,12 +1,17 @@
-"""Every v1 router, mounted under `API_V1_STR`."""
+"""Every v1 router and the path it is mounted at, under `API_V1_STR`.
+
+`create_app` includes each one on the app itself rather than through an aggregate
+router: every level of nested routers is another match step on every request.
+"""
 
 from fastapi import APIRouter
 
 from app.api.v1 import items, jobs, users
 from app.api.v1.public import health
 
-api_router = APIRouter()
-api_router.include_router(health.router, prefix="/public")
-api_router.include_router(users.router)
-api_router.include_router(items.router)
-api_router.include_router(jobs.router)
+ROUTERS: tuple[tuple[APIRouter, str], ...] = (
+    (health.router, "/public"),
+    (users.router, ""),
+    (items.router, ""),
+    (jobs.router, ""),
+)
