@@ -33,11 +33,11 @@ REQUEST_ID_HEADER = b"x-request-id"
 RESPONSE_HEADERS_KEY = "app.response_headers"
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
-_BASE_SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+Headers = tuple[tuple[bytes, bytes], ...]
+_BASE_SECURITY_HEADERS: Headers = (
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
-    (b"cross-origin-opener-policy", b"same-origin"),
 )
 _API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
@@ -76,7 +76,10 @@ class RequestContextMiddleware:
     ) -> None:
         self.app = app
         self.docs_paths = frozenset(docs_paths)
-        self.headers = _BASE_SECURITY_HEADERS + ((_HSTS,) if hsts else ())
+        # Built once: the API's responses get a strict CSP; the docs pages (which load
+        # Swagger UI / ReDoc assets) get the other headers only.
+        self.docs_headers: Headers = _BASE_SECURITY_HEADERS + ((_HSTS,) if hsts else ())
+        self.api_headers: Headers = (*self.docs_headers, _API_CSP)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,9 +93,8 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
         response_started = False
-        extra_headers = [*self.headers, (REQUEST_ID_HEADER, request_id.encode("ascii"))]
-        if scope["path"] not in self.docs_paths:
-            extra_headers.append(_API_CSP)
+        security = self.docs_headers if scope["path"] in self.docs_paths else self.api_headers
+        request_id_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status, response_started
@@ -101,7 +103,8 @@ class RequestContextMiddleware:
                 response_started = True
                 message["headers"] = [
                     *message.get("headers", ()),
-                    *extra_headers,
+                    *security,
+                    request_id_header,
                     *added_headers.items(),
                 ]
             await send(message)
