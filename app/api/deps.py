@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from app.core.cache import Cache
 from app.core.config import Settings
-from app.core.db import ReadSessionDep, SessionDep
+from app.core.db import ReadSessionDep, SessionDep, session_context
 from app.core.health import ReadinessProbe
 from app.core.pagination import CursorCodec
 from app.core.security import CurrentPrincipal, OptionalPrincipal, Principal, require_roles
@@ -49,7 +49,7 @@ async def get_current_user(principal: CurrentPrincipal, request: Request) -> Use
     Looked up in a short read session whose connection goes back to the pool at once,
     so the handler's own session is the only one the request holds.
     """
-    async with request.state.read_session_factory() as session:
+    async with session_context(request.state.read_session_factory) as session:
         return await get_or_create_user(session, principal)
 
 

@@ -80,10 +80,14 @@ def create_session_factory(engine: AsyncEngine) -> SessionFactory:
 
 
 def create_read_session_factory(engine: AsyncEngine) -> SessionFactory:
-    """Sessions for work that only reads: each statement runs on its own, with no
-    BEGIN/COMMIT around it, so a read costs one round trip and holds a pooled connection
-    no longer than that. A single-statement write (an upsert) is still atomic; anything
-    that writes more than once belongs in `SessionDep`."""
+    """Sessions for work that only reads: a read costs one round trip and holds a pooled
+    connection no longer than that. On PostgreSQL each statement runs on its own (no
+    BEGIN/COMMIT around it); SQLite's driver already runs plain SELECTs outside a
+    transaction, and switching its isolation level would cost more than it saves.
+    A single-statement write (an upsert) still works, inside `session_context`;
+    anything that writes more than once belongs in `SessionDep`."""
+    if engine.dialect.name == "sqlite":
+        return create_session_factory(engine)
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
     return async_sessionmaker(autocommit, class_=AsyncSession, expire_on_commit=False)
 

@@ -30,7 +30,14 @@ ITEMS = "/api/v1/items"
 
 @pytest.fixture
 def settings(database_url: str, redis_url: str, clean_db: None, tmp_path: Path) -> Settings:
-    return job_settings(database_url, redis_url, EXPORT_DIR=str(tmp_path / "exports"))
+    # Callers here have fixed names and Redis is shared between test runs: these tests
+    # are not about limits, so the export budget is out of the way.
+    return job_settings(
+        database_url,
+        redis_url,
+        EXPORT_DIR=str(tmp_path / "exports"),
+        RATE_LIMIT_EXPORTS="10000/minute",
+    )
 
 
 @pytest.fixture
