@@ -45,8 +45,10 @@ MAX_CACHED_TOKENS = 4096
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss"]
 INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 MISSING_TOKEN = {"WWW-Authenticate": "Bearer"}
-# Identifiers end up in database columns: control characters (NUL above all) never do.
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# Claims end up in database columns and JSON responses: control characters (C0 and C1,
+# NUL above all, which PostgreSQL refuses) and lone surrogates (which no UTF-8 encoder
+# accepts: a 500 on both databases) never do.
+_UNSTORABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +88,18 @@ def roles_from(value: Any) -> frozenset[str]:
         items = [str(key) for key in value]
     else:
         return frozenset()
-    return frozenset(item for item in items[:MAX_ROLES] if 0 < len(item) <= MAX_ROLE_LENGTH)
+    return frozenset(
+        item
+        for item in items[:MAX_ROLES]
+        if 0 < len(item) <= MAX_ROLE_LENGTH and not _UNSTORABLE.search(item)
+    )
 
 
 def _email_from(claims: Mapping[str, Any]) -> str | None:
     email = claims.get("email")
     if not isinstance(email, str) or "@" not in email or len(email) > MAX_EMAIL_LENGTH:
         return None
-    if _CONTROL_CHARACTERS.search(email):
+    if _UNSTORABLE.search(email):
         return None
     return None if claims.get("email_verified") is False else email
 
@@ -252,7 +258,7 @@ class TokenVerifier:
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
         config = self.config
         subject = claims["sub"]
-        if not subject or len(subject) > MAX_SUBJECT_LENGTH or _CONTROL_CHARACTERS.search(subject):
+        if not subject or len(subject) > MAX_SUBJECT_LENGTH or _UNSTORABLE.search(subject):
             raise _RejectedTokenError("subject empty, too long or not printable")
         if config.audiences and config.audience_claim != "aud":
             audience = claims.get(config.audience_claim)
@@ -270,7 +276,7 @@ class TokenVerifier:
             tenant = str(tenant)
         if not isinstance(tenant, str) or not tenant:
             tenant = None
-        elif len(tenant) > MAX_SUBJECT_LENGTH or _CONTROL_CHARACTERS.search(tenant):
+        elif len(tenant) > MAX_SUBJECT_LENGTH or _UNSTORABLE.search(tenant):
             raise _RejectedTokenError("tenant claim too long or not printable")
         return Principal(
             provider=config.name,
