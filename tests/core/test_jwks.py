@@ -23,13 +23,14 @@ async def key_store(
     cooldown: float = 30,
     timeout: float = 5.0,
     discover: bool = False,
+    allow_http: bool = True,
 ) -> AsyncIterator[KeyStore]:
     fetcher = JwksFetcher(
         httpx.AsyncClient(timeout=timeout),
         issuer=idp.issuer,
         jwks_url=None if discover else idp.jwks_url,
         discovery_url=f"{idp.issuer.rstrip('/')}/.well-known/openid-configuration",
-        allow_http=True,
+        allow_http=allow_http,
     )
     store = KeyStore(
         algorithms={"RS256", "ES256"},
@@ -163,6 +164,16 @@ async def test_too_many_keys_are_refused(idp: IdentityProvider) -> None:
     async with key_store(idp, Clock()) as store:
         with pytest.raises(ServiceUnavailableError):
             await store.find("k1", "RS256")
+
+
+@pytest.mark.parametrize("discover", [False, True], ids=["jwks url", "discovery"])
+async def test_plain_http_is_never_fetched_where_only_https_is_allowed(
+    idp: IdentityProvider, discover: bool
+) -> None:
+    async with key_store(idp, Clock(), allow_http=False, discover=discover) as store:
+        with pytest.raises(ServiceUnavailableError):
+            await store.find(idp.key.kid, "RS256")
+    assert (idp.discovery_fetches, idp.jwks_fetches) == (0, 0)
 
 
 async def test_discovery_reads_jwks_uri_when_the_issuer_matches_exactly() -> None:
