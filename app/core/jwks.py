@@ -67,10 +67,12 @@ class KeySet:
 
 
 def _algorithms_for(jwk: Mapping[str, Any], allowed: frozenset[str]) -> frozenset[str]:
-    kty = jwk.get("kty")
-    curve = jwk.get("crv") if kty in {"EC", "OKP"} else None
-    supported = _KEY_TYPE_ALGORITHMS.get((str(kty), curve), frozenset())
-    declared = jwk.get("alg")
+    kty, curve, declared = jwk.get("kty"), jwk.get("crv"), jwk.get("alg")
+    if not isinstance(kty, str) or not all(isinstance(v, str | None) for v in (curve, declared)):
+        return frozenset()  # a malformed key is skipped; the rest of the set stays usable
+    supported = _KEY_TYPE_ALGORITHMS.get((kty, curve if kty in {"EC", "OKP"} else None))
+    if supported is None:
+        return frozenset()
     if declared is not None:
         return frozenset({declared}) & supported & allowed
     return supported & allowed

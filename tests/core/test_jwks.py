@@ -205,6 +205,9 @@ def test_parsed_keys_are_bound_to_their_type_and_the_allow_list() -> None:
                 {**rsa.public_jwk(), "kid": None},
                 {"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA", "kid": "hs"},
                 {"kty": "RSA", "kid": "broken", "n": "AQAB"},
+                {**rsa.public_jwk(), "kid": "alg-list", "alg": ["RS256"]},
+                {**ec.public_jwk(), "kid": "crv-object", "crv": {"name": "P-256"}},
+                {**rsa.public_jwk(), "kid": "kty-list", "kty": ["RSA"]},
                 "not a key",
             ]
         },
@@ -216,5 +219,6 @@ def test_parsed_keys_are_bound_to_their_type_and_the_allow_list() -> None:
     assert keys.find(ec.kid, "ES256") is None  # ES256 is not allowed here
     assert keys.find("bare", "PS256") is not None  # no alg: every allowed RSA algorithm
     assert keys.find("bare", "HS256") is None
-    assert not any(keys.knows(kid) for kid in ("enc", "hs", "broken"))
+    malformed = ("enc", "hs", "broken", "alg-list", "crv-object", "kty-list")
+    assert not any(keys.knows(kid) for kid in malformed)
     assert keys.find(None, "RS256") is None
