@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import reprlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ MAX_CACHED_TOKENS = 4096
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss"]
 INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 MISSING_TOKEN = {"WWW-Authenticate": "Bearer"}
+# What a rejected token's log line quotes of it (an `alg` or `kid` can be any JSON of
+# nearly 8 KB): short, and never deeper than a few levels.
+_LOG_DETAIL = reprlib.Repr()
+_LOG_DETAIL.maxlevel, _LOG_DETAIL.maxstring, _LOG_DETAIL.maxother = 3, 120, 120
 # Claims end up in database columns and JSON responses: control characters (C0 and C1,
 # NUL above all, which PostgreSQL refuses) and lone surrogates (which no UTF-8 encoder
 # accepts: a 500 on both databases) never do.
@@ -178,15 +183,17 @@ class TokenVerifier:
     async def verify(self, token: str) -> Principal:
         """The principal for a valid token; `AuthenticationError` (401) otherwise."""
         cached = self._verified.get(token)
-        if cached is not None and await self._still_valid(cached):
-            return cached.principal
+        if cached is not None:
+            if await self._still_valid(cached):
+                return cached.principal
+            self._verified.pop(token, None)  # expired or its key is gone: verify afresh
         try:
             verified = await self._verify(token)
         except _RejectedTokenError as rejected:
             logger.info(
-                "token rejected: %s (%r)",
+                "token rejected: %s (%s)",
                 rejected.check,
-                rejected.detail,
+                _LOG_DETAIL.repr(rejected.detail),
                 extra={"auth_check": rejected.check, "auth_provider": self.config.name},
             )
             raise AuthenticationError(rejected.message, headers=INVALID_TOKEN) from None
