@@ -62,6 +62,13 @@ async def test_a_missing_token_is_a_401_without_an_error_code(
     assert body["error"]["message"] == "Authentication required."
 
 
+async def test_a_session_cookie_is_no_token_outside_clerk(
+    oidc_client: AsyncClient, idp: IdentityProvider
+) -> None:
+    response = await oidc_client.get(ME, headers={"Cookie": f"__session={idp.token()}"})
+    assert_unauthorized(response, "Bearer")
+
+
 async def test_the_log_names_the_failed_check_the_response_does_not(
     oidc_client: AsyncClient, idp: IdentityProvider, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -78,7 +78,11 @@ async def test_unprintable_claims_never_reach_the_database(
     response = await client.get(ME, headers=headers)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert (body["email"], body["display_name"], body["roles"]) == (None, "Ada Lovelace", ["editor"])
+    assert (body["email"], body["display_name"], body["roles"]) == (
+        None,
+        "Ada Lovelace",
+        ["editor"],
+    )
     bad_tenant = auth_headers(settings, new_sub(), tenant=f"t{bad}")
     assert_unauthorized(await client.get(ME, headers=bad_tenant))
     bad_subject = auth_headers(settings, f"{new_sub()}{bad}")
@@ -86,12 +90,25 @@ async def test_unprintable_claims_never_reach_the_database(
 
 
 async def test_unchanged_claims_do_not_write_the_row(
-    client: AsyncClient, settings: Settings
+    client: AsyncClient, settings: Settings, db_engine: AsyncEngine
 ) -> None:
-    headers = auth_headers(settings, new_sub(), email="a@example.com")
+    sub = new_sub()
+    headers = auth_headers(settings, sub, email="a@example.com", tenant="t1")
     first = (await client.get(ME, headers=headers)).json()
+    # Seen two minutes ago (whole seconds: SQLite keeps no more): recent enough to keep.
+    recently = (utcnow() - timedelta(minutes=2)).replace(microsecond=0)
+    async with db_engine.begin() as conn:
+        await conn.execute(
+            update(User).where(col(User.subject) == sub).values(last_seen_at=recently)
+        )
     second = (await client.get(ME, headers=headers)).json()
-    assert second == first  # same id, same updated_at and last_seen_at: no UPDATE
+    [stored] = await rows(db_engine, sub)
+    assert stored.last_seen_at == recently  # no UPDATE from the read path
+    assert (second["id"], second["email"], second["tenant_id"]) == (
+        first["id"],
+        "a@example.com",
+        "t1",
+    )
 
 
 async def test_changed_claims_refresh_the_row(client: AsyncClient, settings: Settings) -> None:
