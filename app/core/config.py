@@ -295,7 +295,7 @@ class Settings(BaseSettings):
                 "AUTH_PROVIDER=local is for development and tests; use supabase, clerk or oidc"
             )
         for name in ("SUPABASE_URL", "CLERK_ISSUER", "OIDC_ISSUER", "OIDC_JWKS_URL"):
-            if str(getattr(self, name)).startswith("http://"):
+            if urlsplit(str(getattr(self, name))).scheme == "http":  # any case: HTTP://
                 problems.append(f"{name} must be an https:// URL")
         return problems
 

@@ -67,10 +67,12 @@ class KeySet:
 
 
 def _algorithms_for(jwk: Mapping[str, Any], allowed: frozenset[str]) -> frozenset[str]:
-    kty = jwk.get("kty")
-    curve = jwk.get("crv") if kty in {"EC", "OKP"} else None
-    supported = _KEY_TYPE_ALGORITHMS.get((str(kty), curve), frozenset())
-    declared = jwk.get("alg")
+    kty, curve, declared = jwk.get("kty"), jwk.get("crv"), jwk.get("alg")
+    if not isinstance(kty, str) or not all(isinstance(v, str | None) for v in (curve, declared)):
+        return frozenset()  # a malformed key is skipped; the rest of the set stays usable
+    supported = _KEY_TYPE_ALGORITHMS.get((kty, curve if kty in {"EC", "OKP"} else None))
+    if supported is None:
+        return frozenset()
     if declared is not None:
         return frozenset({declared}) & supported & allowed
     return supported & allowed
@@ -123,9 +125,8 @@ def parse_jwks(document: object, algorithms: Iterable[str], *, pinned: bool = Fa
 
 
 def _check_url(url: object, allow_http: bool) -> str:
-    if isinstance(url, str) and (
-        url.startswith("https://") or (allow_http and url.startswith("http://"))
-    ):
+    schemes = ("https://", "http://") if allow_http else ("https://",)
+    if isinstance(url, str) and url.lower().startswith(schemes):
         return url
     raise JwksError(f"{url!r} is not an {'http(s)' if allow_http else 'https'} URL")
 
@@ -151,7 +152,8 @@ class JwksFetcher:
         self.allow_http = allow_http
 
     async def _get_json(self, url: str) -> object:
-        async with self.client.stream("GET", url) as response:
+        # Every URL, configured or discovered: plain http only where it is allowed.
+        async with self.client.stream("GET", _check_url(url, self.allow_http)) as response:
             if response.status_code != 200:
                 raise JwksError(f"{url} answered HTTP {response.status_code}")
             body = bytearray()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import reprlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,8 +46,14 @@ MAX_CACHED_TOKENS = 4096
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss"]
 INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 MISSING_TOKEN = {"WWW-Authenticate": "Bearer"}
-# Identifiers end up in database columns: control characters (NUL above all) never do.
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# What a rejected token's log line quotes of it (an `alg` or `kid` can be any JSON of
+# nearly 8 KB): short, and never deeper than a few levels.
+_LOG_DETAIL = reprlib.Repr()
+_LOG_DETAIL.maxlevel, _LOG_DETAIL.maxstring, _LOG_DETAIL.maxother = 3, 120, 120
+# Claims end up in database columns and JSON responses: control characters (C0 and C1,
+# NUL above all, which PostgreSQL refuses) and lone surrogates (which no UTF-8 encoder
+# accepts: a 500 on both databases) never do.
+_UNSTORABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +93,18 @@ def roles_from(value: Any) -> frozenset[str]:
         items = [str(key) for key in value]
     else:
         return frozenset()
-    return frozenset(item for item in items[:MAX_ROLES] if 0 < len(item) <= MAX_ROLE_LENGTH)
+    return frozenset(
+        item
+        for item in items[:MAX_ROLES]
+        if 0 < len(item) <= MAX_ROLE_LENGTH and not _UNSTORABLE.search(item)
+    )
 
 
 def _email_from(claims: Mapping[str, Any]) -> str | None:
     email = claims.get("email")
     if not isinstance(email, str) or "@" not in email or len(email) > MAX_EMAIL_LENGTH:
         return None
-    if _CONTROL_CHARACTERS.search(email):
+    if _UNSTORABLE.search(email):
         return None
     return None if claims.get("email_verified") is False else email
 
@@ -172,15 +183,17 @@ class TokenVerifier:
     async def verify(self, token: str) -> Principal:
         """The principal for a valid token; `AuthenticationError` (401) otherwise."""
         cached = self._verified.get(token)
-        if cached is not None and await self._still_valid(cached):
-            return cached.principal
+        if cached is not None:
+            if await self._still_valid(cached):
+                return cached.principal
+            self._verified.pop(token, None)  # expired or its key is gone: verify afresh
         try:
             verified = await self._verify(token)
         except _RejectedTokenError as rejected:
             logger.info(
-                "token rejected: %s (%r)",
+                "token rejected: %s (%s)",
                 rejected.check,
-                rejected.detail,
+                _LOG_DETAIL.repr(rejected.detail),
                 extra={"auth_check": rejected.check, "auth_provider": self.config.name},
             )
             raise AuthenticationError(rejected.message, headers=INVALID_TOKEN) from None
@@ -252,7 +265,7 @@ class TokenVerifier:
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
         config = self.config
         subject = claims["sub"]
-        if not subject or len(subject) > MAX_SUBJECT_LENGTH or _CONTROL_CHARACTERS.search(subject):
+        if not subject or len(subject) > MAX_SUBJECT_LENGTH or _UNSTORABLE.search(subject):
             raise _RejectedTokenError("subject empty, too long or not printable")
         if config.audiences and config.audience_claim != "aud":
             audience = claims.get(config.audience_claim)
@@ -270,7 +283,7 @@ class TokenVerifier:
             tenant = str(tenant)
         if not isinstance(tenant, str) or not tenant:
             tenant = None
-        elif len(tenant) > MAX_SUBJECT_LENGTH or _CONTROL_CHARACTERS.search(tenant):
+        elif len(tenant) > MAX_SUBJECT_LENGTH or _UNSTORABLE.search(tenant):
             raise _RejectedTokenError("tenant claim too long or not printable")
         return Principal(
             provider=config.name,

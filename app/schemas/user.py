@@ -8,12 +8,12 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-# Printable text only: control characters (NUL above all, which PostgreSQL refuses)
-# never reach the database.
+# No control characters (C0 and C1; NUL above all, which PostgreSQL refuses): the same
+# rule the token claims follow. Lone surrogates never get this far (not valid strings).
 DisplayName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
-    Field(pattern=r"^[^\x00-\x1f\x7f]+$", examples=["Ada Lovelace"]),
+    Field(pattern=r"^[^\x00-\x1f\x7f-\x9f]+$", examples=["Ada Lovelace"]),
 ]
 
 

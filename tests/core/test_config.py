@@ -97,6 +97,7 @@ def test_json_logs_and_no_docs_outside_development() -> None:
         ({**SAFE_PROD, "AUTH_PROVIDER": "local"}, "AUTH_PROVIDER=local"),
         ({**SAFE_PROD, "OIDC_ISSUER": "http://id.example"}, "OIDC_ISSUER must be an https"),
         ({**SAFE_PROD, "OIDC_JWKS_URL": "http://id.example/k"}, "OIDC_JWKS_URL must be an https"),
+        ({**SAFE_PROD, "OIDC_JWKS_URL": "HTTP://id.example/k"}, "OIDC_JWKS_URL must be an https"),
         (
             {**SAFE_PROD, "AUTH_PROVIDER": "supabase", "SUPABASE_URL": "http://x.supabase.co"},
             "SUPABASE_URL must be an https",

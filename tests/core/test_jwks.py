@@ -23,13 +23,14 @@ async def key_store(
     cooldown: float = 30,
     timeout: float = 5.0,
     discover: bool = False,
+    allow_http: bool = True,
 ) -> AsyncIterator[KeyStore]:
     fetcher = JwksFetcher(
         httpx.AsyncClient(timeout=timeout),
         issuer=idp.issuer,
         jwks_url=None if discover else idp.jwks_url,
         discovery_url=f"{idp.issuer.rstrip('/')}/.well-known/openid-configuration",
-        allow_http=True,
+        allow_http=allow_http,
     )
     store = KeyStore(
         algorithms={"RS256", "ES256"},
@@ -165,6 +166,16 @@ async def test_too_many_keys_are_refused(idp: IdentityProvider) -> None:
             await store.find("k1", "RS256")
 
 
+@pytest.mark.parametrize("discover", [False, True], ids=["jwks url", "discovery"])
+async def test_plain_http_is_never_fetched_where_only_https_is_allowed(
+    idp: IdentityProvider, discover: bool
+) -> None:
+    async with key_store(idp, Clock(), allow_http=False, discover=discover) as store:
+        with pytest.raises(ServiceUnavailableError):
+            await store.find(idp.key.kid, "RS256")
+    assert (idp.discovery_fetches, idp.jwks_fetches) == (0, 0)
+
+
 async def test_discovery_reads_jwks_uri_when_the_issuer_matches_exactly() -> None:
     async with IdentityProvider(issuer_path="/realms/demo", jwks_path="/certs") as idp:
         async with key_store(idp, Clock(), discover=True) as store:
@@ -194,6 +205,9 @@ def test_parsed_keys_are_bound_to_their_type_and_the_allow_list() -> None:
                 {**rsa.public_jwk(), "kid": None},
                 {"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA", "kid": "hs"},
                 {"kty": "RSA", "kid": "broken", "n": "AQAB"},
+                {**rsa.public_jwk(), "kid": "alg-list", "alg": ["RS256"]},
+                {**ec.public_jwk(), "kid": "crv-object", "crv": {"name": "P-256"}},
+                {**rsa.public_jwk(), "kid": "kty-list", "kty": ["RSA"]},
                 "not a key",
             ]
         },
@@ -205,5 +219,6 @@ def test_parsed_keys_are_bound_to_their_type_and_the_allow_list() -> None:
     assert keys.find(ec.kid, "ES256") is None  # ES256 is not allowed here
     assert keys.find("bare", "PS256") is not None  # no alg: every allowed RSA algorithm
     assert keys.find("bare", "HS256") is None
-    assert not any(keys.knows(kid) for kid in ("enc", "hs", "broken"))
+    malformed = ("enc", "hs", "broken", "alg-list", "crv-object", "kty-list")
+    assert not any(keys.knows(kid) for kid in malformed)
     assert keys.find(None, "RS256") is None

@@ -4,6 +4,7 @@ verified tokens."""
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from app.core.auth_providers import provider_config
 from app.core.exceptions import AuthenticationError
 from app.core.security import OptionalPrincipal, Principal, TokenVerifier, require_roles
 from app.main import create_app
-from tests.idp import IdentityProvider, bearer, oidc_settings
+from tests.idp import IdentityProvider, bearer, oidc_settings, sign_raw
 from tests.support import Clock, assert_unauthorized, running_app
 
 ME = "/api/v1/users/me"
@@ -61,6 +62,13 @@ async def test_a_missing_token_is_a_401_without_an_error_code(
     assert body["error"]["message"] == "Authentication required."
 
 
+async def test_a_session_cookie_is_no_token_outside_clerk(
+    oidc_client: AsyncClient, idp: IdentityProvider
+) -> None:
+    response = await oidc_client.get(ME, headers={"Cookie": f"__session={idp.token()}"})
+    assert_unauthorized(response, "Bearer")
+
+
 async def test_the_log_names_the_failed_check_the_response_does_not(
     oidc_client: AsyncClient, idp: IdentityProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -72,6 +80,18 @@ async def test_the_log_names_the_failed_check_the_response_does_not(
     assert assert_unauthorized(expired)["error"]["message"] == "The token has expired."
     checks = [record.auth_check for record in caplog.records if hasattr(record, "auth_check")]
     assert checks == ["InvalidAudienceError", "expired"]
+
+
+async def test_the_log_quotes_little_of_a_hostile_header(
+    oidc_client: AsyncClient, idp: IdentityProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    header = {"alg": "A" * 4000, "kid": idp.key.kid}
+    token = sign_raw(header, idp.claims(), idp.key.private, "RS256")
+    with caplog.at_level(logging.INFO, logger="app.core.security"):
+        assert_unauthorized(await oidc_client.get(ME, headers=bearer(token)))
+    [record] = [record for record in caplog.records if hasattr(record, "auth_check")]
+    assert record.auth_check == "algorithm not allowed"
+    assert len(record.getMessage()) < 300
 
 
 async def test_no_reachable_jwks_and_no_cached_keys_is_a_503(
@@ -209,11 +229,12 @@ async def test_a_cached_token_stops_working_when_its_key_is_gone() -> None:
 
 async def test_a_cached_token_still_expires() -> None:
     async with IdentityProvider() as idp:
-        verifier = verifier_for(idp, Clock(), AUTH_LEEWAY=6)
+        verifier = verifier_for(idp, Clock(), AUTH_LEEWAY=0)
         try:
-            token = idp.token(exp=now() - 5)  # valid for about one more second, by leeway
-            await verifier.verify(token)
-            await asyncio.sleep(1.1)
+            expires_at = math.ceil(time.time()) + 1  # one to two seconds from now
+            token = idp.token(exp=expires_at)
+            await verifier.verify(token)  # verified, and now cached
+            await asyncio.sleep(expires_at - time.time() + 0.05)
             with pytest.raises(AuthenticationError) as caught:
                 await verifier.verify(token)
             assert caught.value.message == "The token has expired."

@@ -40,8 +40,10 @@ async def run_healthcheck(env: dict[str, str]) -> tuple[int, str]:
 
 
 async def command_line(pid: int) -> str:
+    # -ww: without a terminal, ps cuts the line at 80 columns (a long checkout path
+    # would hide the arguments).
     ps = await asyncio.create_subprocess_exec(
-        "ps", "-o", "args=", "-p", str(pid), stdout=asyncio.subprocess.PIPE
+        "ps", "-ww", "-o", "args=", "-p", str(pid), stdout=asyncio.subprocess.PIPE
     )
     stdout, _ = await ps.communicate()
     return stdout.decode()

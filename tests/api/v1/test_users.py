@@ -13,7 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core.config import Settings
 from app.models.base import utcnow
 from app.models.user import User
-from tests.support import auth_headers
+from tests.support import assert_unauthorized, auth_headers
 
 ME = "/api/v1/users/me"
 
@@ -62,24 +62,53 @@ async def test_first_call_creates_the_user_from_the_claims(
     assert [str(user.id) for user in stored] == [body["id"]]
 
 
+@pytest.mark.parametrize(
+    "bad", ["\x00", "\x85", "\ud800"], ids=["nul", "c1 control", "lone surrogate"]
+)
 async def test_unprintable_claims_never_reach_the_database(
-    client: AsyncClient, settings: Settings
+    client: AsyncClient, settings: Settings, bad: str
 ) -> None:
-    headers = auth_headers(settings, new_sub(), email="a\x00@x.io", name="Ada\x00\n Lovelace")
+    headers = auth_headers(
+        settings,
+        new_sub(),
+        email=f"a{bad}@x.io",
+        name=f"Ada{bad}\n Lovelace",
+        roles=("editor", f"admin{bad}"),
+    )
     response = await client.get(ME, headers=headers)
-    assert response.status_code == 200
-    assert (response.json()["email"], response.json()["display_name"]) == (None, "Ada Lovelace")
-    bad_tenant = auth_headers(settings, new_sub(), tenant="t\x00")
-    assert (await client.get(ME, headers=bad_tenant)).status_code == 401
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["email"], body["display_name"], body["roles"]) == (
+        None,
+        "Ada Lovelace",
+        ["editor"],
+    )
+    bad_tenant = auth_headers(settings, new_sub(), tenant=f"t{bad}")
+    assert_unauthorized(await client.get(ME, headers=bad_tenant))
+    bad_subject = auth_headers(settings, f"{new_sub()}{bad}")
+    assert_unauthorized(await client.get(ME, headers=bad_subject))
 
 
 async def test_unchanged_claims_do_not_write_the_row(
-    client: AsyncClient, settings: Settings
+    client: AsyncClient, settings: Settings, db_engine: AsyncEngine
 ) -> None:
-    headers = auth_headers(settings, new_sub(), email="a@example.com")
+    sub = new_sub()
+    headers = auth_headers(settings, sub, email="a@example.com", tenant="t1")
     first = (await client.get(ME, headers=headers)).json()
+    # Seen two minutes ago (whole seconds: SQLite keeps no more): recent enough to keep.
+    recently = (utcnow() - timedelta(minutes=2)).replace(microsecond=0)
+    async with db_engine.begin() as conn:
+        await conn.execute(
+            update(User).where(col(User.subject) == sub).values(last_seen_at=recently)
+        )
     second = (await client.get(ME, headers=headers)).json()
-    assert second == first  # same id, same updated_at and last_seen_at: no UPDATE
+    [stored] = await rows(db_engine, sub)
+    assert stored.last_seen_at == recently  # no UPDATE from the read path
+    assert (second["id"], second["email"], second["tenant_id"]) == (
+        first["id"],
+        "a@example.com",
+        "t1",
+    )
 
 
 async def test_changed_claims_refresh_the_row(client: AsyncClient, settings: Settings) -> None:
@@ -159,12 +188,23 @@ async def test_patch_updates_the_display_name(client: AsyncClient, settings: Set
         ({"display_name": "   "}, ["body", "display_name"]),
         ({"display_name": "nul\x00byte"}, ["body", "display_name"]),
         ({"display_name": "line\nbreak"}, ["body", "display_name"]),
+        ({"display_name": "c1\x85control"}, ["body", "display_name"]),
         ({"display_name": 42}, ["body", "display_name"]),
         ({"email": "me@evil.example"}, ["body", "email"]),
         ({"subject": "someone-else"}, ["body", "subject"]),
         (["display_name"], ["body"]),
     ],
-    ids=["too long", "blank", "nul", "newline", "number", "email", "subject", "not an object"],
+    ids=[
+        "too long",
+        "blank",
+        "nul",
+        "newline",
+        "c1 control",
+        "number",
+        "email",
+        "subject",
+        "not an object",
+    ],
 )
 async def test_patch_rejects_bad_input_with_a_422(
     client: AsyncClient, settings: Settings, body: Any, location: list[str]
