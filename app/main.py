@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TypedDict
 
 from fastapi import FastAPI
@@ -71,40 +71,40 @@ def _lifespan(
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[AppState]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
-        engine = create_engine(settings)
-        redis = create_redis(settings)
-        verifier = TokenVerifier.from_settings(settings, auth)
-        verifier.start()  # the first JWKS fetch runs in the background
-        await _check_redis(redis, settings.HEALTH_CHECK_TIMEOUT)
-        state = AppState(
-            engine=engine,
-            session_factory=create_session_factory(engine),
-            read_session_factory=create_read_session_factory(engine),
-            redis=redis,
-            cache=Cache(redis),
-            readiness=ReadinessProbe(
-                engine,
-                redis,
-                timeout=settings.HEALTH_CHECK_TIMEOUT,
-                requires_redis=settings.READINESS_REQUIRES_REDIS,
-            ),
-            jobs=JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME) if redis else None,
-            rate_limiter=RateLimiter(
-                redis,
-                default=settings.rate_limit_default,
-                named=settings.named_rate_limits,
-                fail_open=settings.RATE_LIMIT_FAIL_OPEN,
-                trusted_proxies=settings.TRUSTED_PROXIES,
-            ),
-            verifier=verifier,
-        )
-        try:
-            yield state
-        finally:
-            await verifier.aclose()
+        # Each resource is closed (in reverse order) only if it was opened, even when
+        # start-up fails halfway.
+        async with AsyncExitStack() as resources:
+            engine = create_engine(settings)
+            resources.push_async_callback(engine.dispose)
+            redis = create_redis(settings)
             if redis is not None:
-                await redis.aclose()
-            await engine.dispose()
+                resources.push_async_callback(redis.aclose)
+            verifier = TokenVerifier.from_settings(settings, auth)
+            resources.push_async_callback(verifier.aclose)
+            verifier.start()  # the first JWKS fetch runs in the background
+            await _check_redis(redis, settings.HEALTH_CHECK_TIMEOUT)
+            yield AppState(
+                engine=engine,
+                session_factory=create_session_factory(engine),
+                read_session_factory=create_read_session_factory(engine),
+                redis=redis,
+                cache=Cache(redis),
+                readiness=ReadinessProbe(
+                    engine,
+                    redis,
+                    timeout=settings.HEALTH_CHECK_TIMEOUT,
+                    requires_redis=settings.READINESS_REQUIRES_REDIS,
+                ),
+                jobs=JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME) if redis else None,
+                rate_limiter=RateLimiter(
+                    redis,
+                    default=settings.rate_limit_default,
+                    named=settings.named_rate_limits,
+                    fail_open=settings.RATE_LIMIT_FAIL_OPEN,
+                    trusted_proxies=settings.TRUSTED_PROXIES,
+                ),
+                verifier=verifier,
+            )
 
     return lifespan
 
