@@ -63,8 +63,11 @@ rename: ## Rename the project: make rename name="Orders API" [ARGS=--dry-run]
 	@test -n "$(name)" || { echo 'usage: make rename name="Orders API" [ARGS=--dry-run]' >&2; exit 2; }
 	$(PYTHON) -m scripts.rename "$(name)" $(ARGS)
 
+# Autogenerate compares the models with the database, so the database is brought up to
+# date first (alembic refuses to generate against one that is behind).
 migrate: install ## Apply migrations; with m="message", autogenerate a revision first
 ifdef m
+	$(RUN) alembic upgrade head
 	$(RUN) alembic revision --autogenerate -m "$(m)"
 endif
 	$(RUN) alembic upgrade head

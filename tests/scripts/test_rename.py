@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.parsing import project_slug
-from tests.support import ROOT
+from tests.support import ROOT, copy_repository
 
 NEW_NAME = "Orders API"
 NEW_SLUG = "orders-api"
@@ -22,26 +22,6 @@ SKIPPED_DIRS = {".git", ".venv", ".tools", "__pycache__", ".mypy_cache", ".ruff_
 def old_names() -> tuple[str, str]:
     title = (ROOT / "README.md").read_text().splitlines()[0].removeprefix("# ")
     return title, project_slug()
-
-
-def copy_repository(target: Path) -> Path:
-    """The files a fork starts from: tracked plus new unignored files (git), else a tree copy."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=False,
-    )
-    if listed.returncode != 0:
-        ignore = shutil.ignore_patterns(*SKIPPED_DIRS, ".pytest_cache", "*.db", ".env")
-        shutil.copytree(ROOT, target, ignore=ignore, symlinks=True)
-        return target
-    for name in filter(None, listed.stdout.decode().split("\0")):
-        source = ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    return target
 
 
 def rename(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
