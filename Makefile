@@ -42,7 +42,7 @@ worker-check: install ## Exit 0 if a worker on JOBS_QUEUE_NAME reported healthy 
 	@$(RUN) arq --check app.jobs.worker.WorkerSettings
 
 up: ## Start the compose stack (API, worker, PostgreSQL, Redis) and print its URLs
-	$(COMPOSE) up -d --build
+	APP_UID=$${APP_UID:-$$(id -u)} $(COMPOSE) up -d --build
 	@echo "API:   http://localhost:8000/api/v1/public/health/ready"
 	@echo "Docs:  http://localhost:8000/docs"
 	@echo "Logs:  make logs    Stop: make down"
