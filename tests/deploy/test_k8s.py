@@ -6,6 +6,9 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+from httpx import ASGITransport, AsyncClient
+from starlette.types import Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.core.config import ConfigError, Environment, load_settings
 from tests.deploy.parsing import (
@@ -191,3 +194,30 @@ def test_config_and_secret_form_valid_production_settings() -> None:
 def test_the_secret_example_holds_no_usable_secret() -> None:
     with pytest.raises(ConfigError, match="SECRET_KEY"):
         load_settings(_env_file=None, **CONFIG, **SECRET["stringData"])
+
+
+async def client_seen_by_the_app(peer: str, forwarded_for: str) -> tuple[str, str]:
+    """(client address, scheme) the app sees behind uvicorn's proxy-header handling."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.update(client=scope["client"][0], scheme=scope["scheme"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    proxied = ProxyHeadersMiddleware(app, trusted_hosts=CONFIG["FORWARDED_ALLOW_IPS"])
+    transport = ASGITransport(app=proxied, client=(peer, 40000))
+    async with AsyncClient(transport=transport, base_url="http://api") as client:
+        headers = {"X-Forwarded-For": forwarded_for, "X-Forwarded-Proto": "https"}
+        await client.get("/", headers=headers)
+    return seen["client"], seen["scheme"]
+
+
+async def test_pods_see_the_real_client_behind_the_ingress_not_a_forged_one() -> None:
+    # The ingress (a pod address) appends the address it saw to what the client sent.
+    assert await client_seen_by_the_app("10.12.0.7", "6.6.6.6, 203.0.113.9") == (
+        "203.0.113.9",
+        "https",
+    )
+    # A peer outside the private ranges is the client, whatever it claims.
+    assert await client_seen_by_the_app("198.51.100.4", "6.6.6.6") == ("198.51.100.4", "http")
