@@ -38,7 +38,7 @@ dev: install migrate ## Install, migrate and serve the API with reload on 127.0.
 worker: install ## Run the job worker, restarting it when app/ changes (needs REDIS_URL)
 	$(RUN) watchfiles --filter python 'arq app.jobs.worker.WorkerSettings' app
 
-worker-check: install ## Exit 0 if a worker on JOBS_QUEUE_NAME reported healthy in the last 30 s, else 1
+worker-check: install ## Exit 0 if this machine's worker on JOBS_QUEUE_NAME reported in the last 30 s, else 1
 	@$(RUN) arq --check app.jobs.worker.WorkerSettings
 
 up: ## Start the compose stack (API, worker, PostgreSQL, Redis) and print its URLs
