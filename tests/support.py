@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -268,3 +269,8 @@ def copy_repository(target: Path) -> Path:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
     return target
+
+
+def uv_executable() -> str:
+    """uv from PATH, else the copy `make` bootstrapped next to this interpreter's .venv."""
+    return shutil.which("uv") or str(Path(sys.prefix).parent / ".tools" / "bin" / "uv")

@@ -3,13 +3,13 @@
 
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 from app.core.config import Environment, load_settings
-from tests.support import ROOT, copy_repository, production_auth
+from tests.support import ROOT, copy_repository, production_auth, uv_executable
 
 MAKEFILE = (ROOT / "Makefile").read_text()
 
@@ -81,16 +81,15 @@ def test_migrate_with_a_message_on_a_fresh_database_generates_only_the_new_table
 ) -> None:
     # A fresh clone: no database yet, and a model added the way the README describes.
     repo = copy_repository(tmp_path / "fork")
-    (repo / ".venv").symlink_to(ROOT / ".venv")
+    (repo / ".venv").symlink_to(sys.prefix)
     (repo / "app" / "models" / "note.py").write_text(NOTE_MODEL)
     with (repo / "app" / "models" / "__init__.py").open("a") as models:
         models.write("from app.models.note import Note  # noqa: E402, F401\n")
     versions = repo / "migrations" / "versions"
     before = set(versions.glob("*.py"))
     database = tmp_path / "fresh.db"
-    uv = shutil.which("uv") or str(ROOT / ".tools" / "bin" / "uv")
     result = subprocess.run(
-        ["make", "--no-print-directory", "migrate", "m=add notes", f"UV={uv}"],
+        ["make", "--no-print-directory", "migrate", "m=add notes", f"UV={uv_executable()}"],
         cwd=repo,
         env={"PATH": os.environ["PATH"], "DATABASE_URL": f"sqlite:///{database}"},
         capture_output=True,

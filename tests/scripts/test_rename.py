@@ -4,7 +4,6 @@ a second run changes nothing, and the renamed project's own checks still pass.""
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.parsing import project_slug
-from tests.support import ROOT, copy_repository
+from tests.support import ROOT, copy_repository, uv_executable
 
 NEW_NAME = "Orders API"
 NEW_SLUG = "orders-api"
@@ -111,9 +110,12 @@ def test_rename_replaces_every_occurrence_and_is_idempotent(repo: Path) -> None:
 
 def test_renamed_project_passes_its_own_checks(renamed_repo: Path) -> None:
     repo = renamed_repo
-    uv = shutil.which("uv") or str(ROOT / ".tools" / "bin" / "uv")
     lock = subprocess.run(
-        [uv, "lock", "--check", "--offline"], cwd=repo, capture_output=True, text=True, check=False
+        [uv_executable(), "lock", "--check", "--offline"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert lock.returncode == 0, lock.stderr
     # The subset that reads the renamed files: the compose/Kubernetes/Dockerfile checks
