@@ -94,6 +94,7 @@ def test_containers_write_into_the_bind_mount_as_the_users_uid() -> None:
     assert "APP_UID=1000" in dockerfile.stages[-1].all("ARG")
     for service in APP_SERVICES:
         assert SERVICES[service]["build"]["args"] == {"APP_UID": "${APP_UID:-1000}"}
+    assert "APP_UID" in documented_env_names()
     planned = subprocess.run(
         ["make", "--no-print-directory", "--dry-run", "up"],
         cwd=ROOT, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, check=True,
