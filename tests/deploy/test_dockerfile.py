@@ -10,6 +10,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import parse_wheel_filename
 
+from app.core.config import Settings
 from tests.deploy.parsing import (
     DOCKER,
     ROOT,
@@ -194,3 +195,19 @@ def test_images_python_is_supported_by_the_lock_and_every_package_has_a_wheel_fo
             if not wheel_tags & image_tags(python, arch):
                 missing.append(f"{package['name']} {package['version']} ({arch})")
     assert missing == [], f"no wheel for Python {version} on Debian: {missing}"
+
+
+def test_the_default_export_dir_is_a_directory_the_app_user_owns() -> None:
+    stage = runtime(PROD)
+    (workdir,) = stage.all("WORKDIR")
+    (user,) = stage.all("USER")
+    uid = PROD.expand(user).split(":")[0]
+    export_dir = os.path.normpath(
+        os.path.join(workdir, Settings.model_fields["EXPORT_DIR"].default)
+    )
+    created = [shlex.split(PROD.expand(run)) for run in stage.all("RUN")]
+    assert any(
+        words[i : i + 7] == ["install", "-d", "-o", uid, "-g", uid, export_dir]
+        for words in created
+        for i in range(len(words))
+    ), f"{export_dir} is not created for uid {uid}"
