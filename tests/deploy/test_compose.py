@@ -123,3 +123,11 @@ def test_app_services_get_valid_development_settings_for_the_stack(service: str)
         postgres["POSTGRES_DB"],
     )
     assert make_url(settings.REDIS_URL).host == "redis"
+
+
+def test_worker_and_migrate_get_the_same_settings_as_the_api() -> None:
+    # A job runs against the database, Redis queue and export directory the API uses.
+    api = SERVICES["api"]
+    for service in ("worker", "migrate"):
+        assert SERVICES[service]["environment"] == api["environment"]
+        assert SERVICES[service]["volumes"] == api["volumes"]
