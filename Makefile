@@ -38,11 +38,11 @@ dev: install migrate ## Install, migrate and serve the API with reload on 127.0.
 worker: install ## Run the job worker, restarting it when app/ changes (needs REDIS_URL)
 	$(RUN) watchfiles --filter python 'arq app.jobs.worker.WorkerSettings' app
 
-worker-check: install ## Exit 0 if a worker on JOBS_QUEUE_NAME reported healthy in the last 30 s, else 1
+worker-check: install ## Exit 0 if this machine's worker on JOBS_QUEUE_NAME reported in the last 30 s, else 1
 	@$(RUN) arq --check app.jobs.worker.WorkerSettings
 
 up: ## Start the compose stack (API, worker, PostgreSQL, Redis) and print its URLs
-	$(COMPOSE) up -d --build
+	APP_UID=$${APP_UID:-$$(id -u)} $(COMPOSE) up -d --build
 	@echo "API:   http://localhost:8000/api/v1/public/health/ready"
 	@echo "Docs:  http://localhost:8000/docs"
 	@echo "Logs:  make logs    Stop: make down"
@@ -63,8 +63,11 @@ rename: ## Rename the project: make rename name="Orders API" [ARGS=--dry-run]
 	@test -n "$(name)" || { echo 'usage: make rename name="Orders API" [ARGS=--dry-run]' >&2; exit 2; }
 	$(PYTHON) -m scripts.rename "$(name)" $(ARGS)
 
+# Autogenerate compares the models with the database, so the database is brought up to
+# date first (alembic refuses to generate against one that is behind).
 migrate: install ## Apply migrations; with m="message", autogenerate a revision first
 ifdef m
+	$(RUN) alembic upgrade head
 	$(RUN) alembic revision --autogenerate -m "$(m)"
 endif
 	$(RUN) alembic upgrade head

@@ -28,7 +28,7 @@ FILES = (
     "docker/Dockerfile",
     "docker/Dockerfile.dev",
     "docker/docker-compose.yml",
-    "docker/k8s/*.yaml",
+    "docker/k8s/**/*.yaml",
     "docker/k8s/*.env",
     "README.md",
     "pyproject.toml",

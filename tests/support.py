@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -34,6 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # Names under this `.env.example` header (up to the next `# ---` header) configure the
 # container and scripts, not the app, so they are not Settings fields.
 INFRASTRUCTURE_HEADER = "# --- Infrastructure"
+# What a fresh fork does not have: environments, caches, local databases and secrets.
+LOCAL_STATE = (".git", ".venv", ".tools", "__pycache__", ".mypy_cache", ".ruff_cache",
+               ".pytest_cache", "*.db", ".env", ".secrets", "exports")  # fmt: skip
 
 
 def env_example_names(path: Path = ROOT / ".env.example") -> tuple[list[str], list[str]]:
@@ -243,3 +249,28 @@ async def read_until(stream: asyncio.StreamReader, marker: str) -> str:
         assert line, f"the process ended before writing {marker!r}:\n{seen}"
         seen += line.decode()
     return seen
+
+
+def copy_repository(target: Path) -> Path:
+    """The files a fork starts from: tracked plus new unignored files (git), else a tree copy."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+    )
+    if listed.returncode != 0:
+        ignore = shutil.ignore_patterns(*LOCAL_STATE)
+        shutil.copytree(ROOT, target, ignore=ignore, symlinks=True)
+        return target
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+def uv_executable() -> str:
+    """uv from PATH, else the copy `make` bootstrapped next to this interpreter's .venv."""
+    return shutil.which("uv") or str(Path(sys.prefix).parent / ".tools" / "bin" / "uv")

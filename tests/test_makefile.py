@@ -1,10 +1,15 @@
-"""The Makefile: every target is listed by `make help`, and `make secret` is usable."""
+"""The Makefile: every target is listed by `make help`, `make secret` is usable, and
+`make migrate m=...` works on a database that is not up to date yet."""
 
+import os
 import re
+import sqlite3
 import subprocess
+import sys
+from pathlib import Path
 
 from app.core.config import Environment, load_settings
-from tests.support import ROOT, production_auth
+from tests.support import ROOT, copy_repository, production_auth, uv_executable
 
 MAKEFILE = (ROOT / "Makefile").read_text()
 
@@ -53,3 +58,52 @@ def test_up_starts_the_compose_stack_and_says_where_the_api_and_docs_are() -> No
     assert port is not None
     assert f"http://localhost:{port[1]}/docs" in planned
     assert f"http://localhost:{port[1]}/api/v1/public/health" in planned
+
+
+NOTE_MODEL = '''"""The `notes` table (a model a fork adds)."""
+
+from typing import ClassVar
+
+from sqlmodel import Field
+
+from app.models.base import BaseTable
+
+
+class Note(BaseTable, table=True):
+    __tablename__: ClassVar[str] = "notes"
+
+    body: str = Field(max_length=500)
+'''
+
+
+def test_migrate_with_a_message_on_a_fresh_database_generates_only_the_new_table(
+    tmp_path: Path,
+) -> None:
+    # A fresh clone: no database yet, and a model added the way the README describes.
+    repo = copy_repository(tmp_path / "fork")
+    (repo / ".venv").symlink_to(sys.prefix)
+    (repo / "app" / "models" / "note.py").write_text(NOTE_MODEL)
+    with (repo / "app" / "models" / "__init__.py").open("a") as models:
+        models.write("from app.models.note import Note  # noqa: E402, F401\n")
+    versions = repo / "migrations" / "versions"
+    before = set(versions.glob("*.py"))
+    database = tmp_path / "fresh.db"
+    result = subprocess.run(
+        ["make", "--no-print-directory", "migrate", "m=add notes", f"UV={uv_executable()}"],
+        cwd=repo,
+        env={"PATH": os.environ["PATH"], "DATABASE_URL": f"sqlite:///{database}"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (revision,) = set(versions.glob("*.py")) - before
+    assert revision.name.endswith("_add_notes.py")
+    script = revision.read_text()
+    assert '"notes"' in script
+    assert '"items"' not in script
+    assert '"users"' not in script
+    with sqlite3.connect(database) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    assert {"users", "items", "notes", "alembic_version"} <= tables

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +47,16 @@ def redis_settings(settings: Settings) -> RedisSettings:
     redis = RedisSettings.from_dsn(settings.REDIS_URL)
     redis.conn_timeout = max(1, math.ceil(settings.REDIS_SOCKET_TIMEOUT))
     return redis
+
+
+def health_check_key(settings: Settings, host: str | None = None) -> str:
+    """The key this host's worker refreshes and `arq --check` on the same host reads.
+
+    One key per host (pod, container): with arq's default, one key per queue, a stalled
+    worker would pass its probe while any other replica is healthy, and every replica's
+    probe would fail for a while when one of them stops (a stopping worker deletes it).
+    """
+    return f"{settings.JOBS_QUEUE_NAME}:health-check:{host or socket.gethostname()}"
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -90,6 +101,7 @@ def worker_options(
         "max_tries": settings.JOB_MAX_TRIES,
         "keep_result": settings.JOB_KEEP_RESULT,
         "health_check_interval": HEALTH_CHECK_INTERVAL,
+        "health_check_key": health_check_key(settings),
         "job_completion_wait": JOB_COMPLETION_WAIT,
         "job_serializer": job_serializer,
         "job_deserializer": job_deserializer,

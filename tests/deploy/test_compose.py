@@ -1,12 +1,23 @@
 """docker/docker-compose.yml: the services, their order of start-up and their settings."""
 
+import os
+import re
+import shlex
+import subprocess
 from typing import Any
 
 import pytest
 from sqlalchemy import make_url
 
 from app.core.config import Environment
-from tests.deploy.parsing import DOCKER, ROOT, documented_env_names, load_yaml, project_slug
+from tests.deploy.parsing import (
+    DOCKER,
+    ROOT,
+    documented_env_names,
+    load_yaml,
+    parse_dockerfile,
+    project_slug,
+)
 from tests.support import make_settings
 
 COMPOSE: dict[str, Any] = load_yaml(DOCKER / "docker-compose.yml")
@@ -59,10 +70,36 @@ def test_api_reloads_code_from_a_bind_mount_of_the_repository() -> None:
     assert "8000:8000" in api["ports"]
 
 
-def test_worker_runs_arq_with_its_health_check() -> None:
+def makefile_recipe(target: str) -> list[str]:
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(rf"^{target}:.*\n\t\$\(RUN\) (.+)$", makefile, re.MULTILINE)
+    assert recipe is not None
+    return shlex.split(recipe[1])
+
+
+def test_worker_runs_arq_restarted_on_code_changes_like_make_worker() -> None:
     worker = SERVICES["worker"]
-    assert worker["command"][:2] == ["arq", WORKER]
+    # arq's own --watch restarts its loop on the code it imported at start-up.
+    assert "--watch" not in worker["command"]
+    assert worker["command"] == makefile_recipe("worker")
+    assert worker["command"][0] == "watchfiles"
+    assert f"arq {WORKER}" in worker["command"]
     assert worker["healthcheck"]["test"] == ["CMD", "arq", "--check", WORKER]
+
+
+def test_containers_write_into_the_bind_mount_as_the_users_uid() -> None:
+    dockerfile = parse_dockerfile(DOCKER / "Dockerfile.dev")
+    (user,) = dockerfile.stages[-1].all("USER")
+    assert "${APP_UID}" in user
+    assert "APP_UID=1000" in dockerfile.stages[-1].all("ARG")
+    for service in APP_SERVICES:
+        assert SERVICES[service]["build"]["args"] == {"APP_UID": "${APP_UID:-1000}"}
+    assert "APP_UID" in documented_env_names()
+    planned = subprocess.run(
+        ["make", "--no-print-directory", "--dry-run", "up"],
+        cwd=ROOT, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "APP_UID=${APP_UID:-$(id -u)} docker compose" in planned
 
 
 @pytest.mark.parametrize("service", list(SERVICES))
@@ -86,3 +123,11 @@ def test_app_services_get_valid_development_settings_for_the_stack(service: str)
         postgres["POSTGRES_DB"],
     )
     assert make_url(settings.REDIS_URL).host == "redis"
+
+
+def test_worker_and_migrate_get_the_same_settings_as_the_api() -> None:
+    # A job runs against the database, Redis queue and export directory the API uses.
+    api = SERVICES["api"]
+    for service in ("worker", "migrate"):
+        assert SERVICES[service]["environment"] == api["environment"]
+        assert SERVICES[service]["volumes"] == api["volumes"]

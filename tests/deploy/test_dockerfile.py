@@ -3,9 +3,14 @@
 import os
 import re
 import shlex
+import tomllib
 
 import pytest
+from packaging.specifiers import SpecifierSet
+from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.utils import parse_wheel_filename
 
+from app.core.config import Settings
 from tests.deploy.parsing import (
     DOCKER,
     ROOT,
@@ -151,3 +156,58 @@ def test_image_environment_is_documented_in_env_example() -> None:
     names = {name for env in runtime(PROD).all("ENV") for name in env_names(env)}
     assert {"PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"} <= names
     assert names - TOOL_ENV <= documented_env_names()
+
+
+# python:<version>-slim is Debian bookworm: glibc 2.36, on amd64 and arm64 hosts.
+IMAGE_GLIBC_MINOR = 36
+IMAGE_ARCHES = ("x86_64", "aarch64")
+
+
+def image_tags(python: tuple[int, int], arch: str) -> set[Tag]:
+    platforms = [f"manylinux_2_{minor}_{arch}" for minor in range(IMAGE_GLIBC_MINOR, 16, -1)]
+    platforms += [f"manylinux2014_{arch}", f"linux_{arch}"]
+    if arch == "x86_64":
+        platforms += ["manylinux2010_x86_64", "manylinux1_x86_64"]
+    return set(cpython_tags(python, platforms=platforms)) | set(
+        compatible_tags(python, f"cp{python[0]}{python[1]}", platforms)
+    )
+
+
+def test_images_python_is_supported_by_the_lock_and_every_package_has_a_wheel_for_it() -> None:
+    version = PROD.args["PYTHON_VERSION"]
+    python = (int(version.split(".")[0]), int(version.split(".")[1]))
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in (lock["requires-python"], project["requires-python"]):
+        assert SpecifierSet(requirement).contains(f"{version}.0"), requirement
+    # The slim images have no compiler: a package without a matching wheel fails the build.
+    missing = []
+    for package in lock["package"]:
+        if "registry" not in package["source"]:
+            continue
+        wheel_tags = set().union(
+            *(
+                parse_wheel_filename(wheel["url"].rsplit("/", 1)[1])[3]
+                for wheel in package.get("wheels", [])
+            )
+        )
+        for arch in IMAGE_ARCHES:
+            if not wheel_tags & image_tags(python, arch):
+                missing.append(f"{package['name']} {package['version']} ({arch})")
+    assert missing == [], f"no wheel for Python {version} on Debian: {missing}"
+
+
+def test_the_default_export_dir_is_a_directory_the_app_user_owns() -> None:
+    stage = runtime(PROD)
+    (workdir,) = stage.all("WORKDIR")
+    (user,) = stage.all("USER")
+    uid = PROD.expand(user).split(":")[0]
+    export_dir = os.path.normpath(
+        os.path.join(workdir, Settings.model_fields["EXPORT_DIR"].default)
+    )
+    created = [shlex.split(PROD.expand(run)) for run in stage.all("RUN")]
+    assert any(
+        words[i : i + 7] == ["install", "-d", "-o", uid, "-g", uid, export_dir]
+        for words in created
+        for i in range(len(words))
+    ), f"{export_dir} is not created for uid {uid}"

@@ -1,11 +1,16 @@
 """docker/k8s: valid against the Kubernetes schemas (offline, from kubernetes-validate's
 bundled copies), wired to each other through kustomize, and probing the real routes."""
 
+import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+from httpx import ASGITransport, AsyncClient
+from starlette.types import Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.core.config import ConfigError, Environment, load_settings
 from tests.deploy.parsing import (
@@ -34,6 +39,7 @@ RESOURCES = {
 CONFIG = read_env_file(K8S / CONFIG_GENERATOR["envs"][0])
 (SECRET,) = load_yaml_documents(SECRET_EXAMPLE)
 WORKER_CHECK = ["arq", "--check", "app.jobs.worker.WorkerSettings"]
+EXPORTS_COMPONENT = K8S / "components" / "shared-exports"
 
 
 def resource(kind: str, component: str) -> dict[str, Any]:
@@ -191,3 +197,82 @@ def test_config_and_secret_form_valid_production_settings() -> None:
 def test_the_secret_example_holds_no_usable_secret() -> None:
     with pytest.raises(ConfigError, match="SECRET_KEY"):
         load_settings(_env_file=None, **CONFIG, **SECRET["stringData"])
+
+
+async def client_seen_by_the_app(peer: str, forwarded_for: str) -> tuple[str, str]:
+    """(client address, scheme) the app sees behind uvicorn's proxy-header handling."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.update(client=scope["client"][0], scheme=scope["scheme"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    proxied = ProxyHeadersMiddleware(app, trusted_hosts=CONFIG["FORWARDED_ALLOW_IPS"])
+    transport = ASGITransport(app=proxied, client=(peer, 40000))
+    async with AsyncClient(transport=transport, base_url="http://api") as client:
+        headers = {"X-Forwarded-For": forwarded_for, "X-Forwarded-Proto": "https"}
+        await client.get("/", headers=headers)
+    return seen["client"], seen["scheme"]
+
+
+async def test_pods_see_the_real_client_behind_the_ingress_not_a_forged_one() -> None:
+    # The ingress (a pod address) appends the address it saw to what the client sent.
+    assert await client_seen_by_the_app("10.12.0.7", "6.6.6.6, 203.0.113.9") == (
+        "203.0.113.9",
+        "https",
+    )
+    # A peer outside the private ranges is the client, whatever it claims.
+    assert await client_seen_by_the_app("198.51.100.4", "6.6.6.6") == ("198.51.100.4", "http")
+
+
+def selects(selector: str, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector of `key=value` and `key in (a,b)` terms."""
+    terms = re.findall(r"([\w./-]+)\s+in\s+\(([^)]*)\)|([\w./-]+)=([\w.-]+)", selector)
+    assert terms, selector
+    return all(
+        labels.get(key or eq_key) in ([v.strip() for v in values.split(",")] if key else [value])
+        for key, values, eq_key, value in terms
+    )
+
+
+def apply_json_patch(document: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+    patched = copy.deepcopy(document)
+    for operation in operations:
+        assert operation["op"] == "add"
+        *parents, last = operation["path"].strip("/").split("/")
+        target: Any = patched
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        assert last == "-", operation["path"]
+        assert isinstance(target, list), operation["path"]
+        target.append(operation["value"])
+    return patched
+
+
+def test_shared_exports_component_mounts_one_volume_at_export_dir_in_api_and_worker() -> None:
+    component = load_yaml(EXPORTS_COMPONENT / "kustomization.yaml")
+    assert component["kind"] == "Component"
+    (claim,) = [doc for name in component["resources"]
+                for doc in load_yaml_documents(EXPORTS_COMPONENT / name)]  # fmt: skip
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    (patch,) = component["patches"]
+    selector = patch["target"]["labelSelector"]
+    operations = load_yaml(EXPORTS_COMPONENT / patch["path"])
+    patched = {}
+    for (kind, name), document in RESOURCES.items():
+        if kind == patch["target"]["kind"] and selects(selector, document["metadata"]["labels"]):
+            patched[name] = apply_json_patch(document, operations)
+    assert set(patched) == {f"{project_slug()}-api", f"{project_slug()}-worker"}
+    for document in [claim, *patched.values()]:
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(document, version, strict=True)
+    for document in patched.values():
+        spec = document["spec"]["template"]["spec"]
+        volumes = {volume["name"]: volume for volume in spec["volumes"]}
+        (container,) = spec["containers"]
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == CONFIG["EXPORT_DIR"]]
+        assert volumes[mount["name"]]["persistentVolumeClaim"] == {
+            "claimName": claim["metadata"]["name"]
+        }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 import time
 import uuid
@@ -252,3 +253,28 @@ async def test_the_health_check_command_passes_only_while_a_worker_reports(
     finally:
         await worker.close()  # a stopping worker withdraws its health key
     assert await worker_check(settings) == 1
+
+
+async def test_the_health_check_reports_the_worker_on_this_host_only(
+    database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = job_settings(database_url, redis_url)
+    with monkeypatch.context() as elsewhere:  # a replica on another pod
+        elsewhere.setattr(socket, "gethostname", lambda: f"other-pod-{uuid.uuid4().hex}")
+        other = make_worker(settings, [waits])
+    try:
+        async with asyncio.timeout(30):
+            await other.async_run()
+        # Another replica reporting says nothing about a stalled worker here.
+        assert await worker_check(settings) == 1
+        mine = make_worker(settings, [waits])
+        try:
+            async with asyncio.timeout(30):
+                await mine.async_run()
+            # Another replica stopping (it withdraws its key) does not fail this one.
+            await other.close()
+            assert await worker_check(settings) == 0
+        finally:
+            await mine.close()
+    finally:
+        await other.close()

@@ -4,7 +4,6 @@ a second run changes nothing, and the renamed project's own checks still pass.""
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.parsing import project_slug
-from tests.support import ROOT
+from tests.support import ROOT, copy_repository, uv_executable
 
 NEW_NAME = "Orders API"
 NEW_SLUG = "orders-api"
@@ -22,26 +21,6 @@ SKIPPED_DIRS = {".git", ".venv", ".tools", "__pycache__", ".mypy_cache", ".ruff_
 def old_names() -> tuple[str, str]:
     title = (ROOT / "README.md").read_text().splitlines()[0].removeprefix("# ")
     return title, project_slug()
-
-
-def copy_repository(target: Path) -> Path:
-    """The files a fork starts from: tracked plus new unignored files (git), else a tree copy."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=False,
-    )
-    if listed.returncode != 0:
-        ignore = shutil.ignore_patterns(*SKIPPED_DIRS, ".pytest_cache", "*.db", ".env")
-        shutil.copytree(ROOT, target, ignore=ignore, symlinks=True)
-        return target
-    for name in filter(None, listed.stdout.decode().split("\0")):
-        source = ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    return target
 
 
 def rename(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -131,9 +110,12 @@ def test_rename_replaces_every_occurrence_and_is_idempotent(repo: Path) -> None:
 
 def test_renamed_project_passes_its_own_checks(renamed_repo: Path) -> None:
     repo = renamed_repo
-    uv = shutil.which("uv") or str(ROOT / ".tools" / "bin" / "uv")
     lock = subprocess.run(
-        [uv, "lock", "--check", "--offline"], cwd=repo, capture_output=True, text=True, check=False
+        [uv_executable(), "lock", "--check", "--offline"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert lock.returncode == 0, lock.stderr
     # The subset that reads the renamed files: the compose/Kubernetes/Dockerfile checks
