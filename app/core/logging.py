@@ -25,10 +25,11 @@ ACCESS_LOGGER = "app.access"
 ACCESS_MESSAGE = "request completed"
 access_logger = logging.getLogger(ACCESS_LOGGER)
 
-# Attributes every LogRecord has; anything else was passed through `extra=`.
+# Attributes every LogRecord has; anything else was passed through `extra=`, except
+# uvicorn's `color_message` (its message again, with terminal colour codes).
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
-    | {"message", "asctime", "request_id", "taskName"}
+    | {"message", "asctime", "request_id", "taskName", "color_message"}
 )
 
 _base_factory = logging.getLogRecordFactory()

@@ -117,7 +117,10 @@ def build_worker_settings(settings: Settings) -> type:
 def __getattr__(name: str) -> type:
     # arq's CLI does getattr(module, "WorkerSettings"): settings are read then, not on import.
     if name == "WorkerSettings":
-        worker_settings = build_worker_settings(get_settings())
+        try:
+            worker_settings = build_worker_settings(get_settings())
+        except ConfigError as exc:  # a message for the operator, not a traceback
+            raise SystemExit(f"cannot start the job worker: {exc}") from None
         globals()["WorkerSettings"] = worker_settings
         return worker_settings
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -133,3 +133,13 @@ def test_setup_logging_replaces_its_own_handler_only() -> None:
         assert foreign in root.handlers
     finally:
         root.removeHandler(foreign)
+
+
+def test_uvicorn_colour_codes_stay_out_of_log_lines() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    coloured = logger.makeRecord(
+        logger.name, logging.INFO, "", 0, "Started server process [%d]", (42,), None,
+        extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"},
+    )  # fmt: skip
+    assert "color_message" not in json.loads(JsonFormatter().format(coloured))
+    assert "\x1b" not in ConsoleFormatter().format(coloured)

@@ -278,3 +278,16 @@ async def test_the_health_check_reports_the_worker_on_this_host_only(
             await mine.close()
     finally:
         await other.close()
+
+
+async def test_the_worker_without_redis_exits_with_a_message_not_a_traceback() -> None:
+    env = {"PATH": os.environ.get("PATH", ""), "ENVIRONMENT": "test", "REDIS_URL": ""}
+    process = await asyncio.create_subprocess_exec(
+        ARQ, "--check", "app.jobs.worker.WorkerSettings",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        _, stderr = await process.communicate()
+    assert process.returncode != 0
+    assert "REDIS_URL must be set" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
