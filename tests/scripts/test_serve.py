@@ -41,7 +41,7 @@ async def run_healthcheck(env: dict[str, str]) -> tuple[int, str]:
 
 async def command_line(pid: int) -> str:
     ps = await asyncio.create_subprocess_exec(
-        "ps", "-o", "args=", "-p", str(pid), stdout=asyncio.subprocess.PIPE
+        "ps", "-ww", "-o", "args=", "-p", str(pid), stdout=asyncio.subprocess.PIPE
     )
     stdout, _ = await ps.communicate()
     return stdout.decode()
