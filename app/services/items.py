@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, update
+from sqlalchemy import ColumnElement, and_, func, literal, tuple_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -207,11 +207,14 @@ def _sort(sort: str) -> tuple[Any, bool]:
 
 
 def _after(column: Any, descending: bool, value: Any, last_id: uuid.UUID) -> ColumnElement[bool]:
-    """Rows strictly after (value, last_id) in the (column, id) order."""
-    ids = col(Item.id)
-    if descending:
-        return or_(column < value, and_(column == value, ids < last_id))
-    return or_(column > value, and_(column == value, ids > last_id))
+    """Rows strictly after (value, last_id) in the (column, id) order. A row-value
+    comparison, so both databases seek straight to it in the (scope, column, id) index
+    instead of reading every earlier row of the scope."""
+    ids: Any = col(Item.id)
+    position = tuple_(column, ids)
+    # Typed binds: on SQLite the datetime must be written the way the column stores it.
+    after = tuple_(literal(value, column.type), literal(last_id, ids.type))
+    return position < after if descending else position > after
 
 
 def _sort_key(sort: str, item: Item) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -67,6 +68,9 @@ async def test_create_returns_201_location_etag_and_the_item(
         {"title": "ok", "tags": [f"t{i}" for i in range(21)]},
         {"title": "ok", "description": "d" * 5001},
         {},
+        {"title": "nul\x00inside"},  # PostgreSQL cannot store NUL: a 500 before
+        {"title": "bell\x07"},
+        {"title": "ok", "description": "nul\x00"},
     ],
 )
 async def test_invalid_bodies_are_422(
@@ -82,7 +86,13 @@ async def test_null_for_a_required_field_in_a_patch_is_422(
 ) -> None:
     headers = caller(settings, "alice")
     item = await create(client, headers)
-    for body in ({"title": None}, {"status": None}, {"tags": None}, {"version": 5}):
+    for body in (
+        {"title": None},
+        {"status": None},
+        {"tags": None},
+        {"version": 5},
+        {"title": "\x00"},
+    ):
         response = await client.patch(f"{ITEMS}/{item['id']}", json=body, headers=headers)
         assert response.status_code == 422, body
     cleared = await client.patch(
@@ -183,6 +193,37 @@ async def test_list_filters_total_and_limits(client: AsyncClient, settings: Sett
     assert page["next_cursor"]
 
 
+async def test_descriptions_keep_line_breaks_and_tabs(
+    client: AsyncClient, settings: Settings
+) -> None:
+    item = await create(client, caller(settings, "alice"), description="one\ntwo\tthree\r\n")
+    assert item["description"] == "one\ntwo\tthree\r\n"
+
+
+async def test_paging_by_long_non_ascii_titles(client: AsyncClient, settings: Settings) -> None:
+    """The cursor carries the last title: it must stay usable for the longest titles."""
+    headers = caller(settings, "alice", "acme")
+    titles = ["\U0001f600" * 200, "\u5b57" * 200, '"\\' * 100, "plain"]
+    for title in titles:
+        await create(client, headers, title)
+    for sort in ("title", "-title"):
+        seen = await walk(client, headers, {"limit": 1, "sort": sort})
+        assert sorted(row["title"] for row in seen) == sorted(titles)
+
+
+@pytest.mark.parametrize("sort", ["-created_at", "created_at"])
+async def test_paging_through_rows_created_at_the_same_instant(
+    client: AsyncClient, settings: Settings, db_engine: AsyncEngine, sort: str
+) -> None:
+    headers = caller(settings, "alice", "acme")
+    ids = [(await create(client, headers, f"t{i}"))["id"] for i in range(7)]
+    same = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    async with db_engine.begin() as conn:
+        await conn.execute(update(Item).values(created_at=same))
+    seen = [row["id"] for row in await walk(client, headers, {"limit": 2, "sort": sort})]
+    assert seen == sorted(ids, reverse=sort.startswith("-"))
+
+
 async def test_created_between_filters(client: AsyncClient, settings: Settings) -> None:
     headers = caller(settings, "alice", "acme")
     item = await create(client, headers)
@@ -203,7 +244,11 @@ async def test_created_between_filters(client: AsyncClient, settings: Settings) 
         {"created_after": "yesterday"},
         {"created_after": "2024-01-01T00:00:00"},  # no time zone
         {"cursor": "not-a-cursor"},
+        {"cursor": "c" * 2049},
         {"unknown": "1"},
+        {"q": "nul\x00"},  # a 500 on PostgreSQL before
+        {"created_after": "0001-01-01T00:00:00+01:00"},  # before year 1 in UTC: a 500 before
+        {"created_before": "9999-12-31T23:59:59-01:00"},  # after year 9999 in UTC
     ],
 )
 async def test_bad_list_parameters_are_422(
