@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,9 +11,14 @@ import pytest
 from httpx import AsyncClient
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core.cache import Cache, create_redis
 from app.core.config import Settings
+from app.core.db import create_read_session_factory
 from app.models.item import Item
+from app.services import items as service
+from app.services.items import ItemScope
 from tests.support import CLOSED_PORT_URL, auth_headers, make_settings, running_app
 
 ITEMS = "/api/v1/items"
@@ -392,6 +397,78 @@ async def test_single_item_reads_are_cached_and_invalidated_by_writes(
     assert (await client.get(url, headers=headers)).json()["title"] == "Changed in DB"
     await client.delete(url, headers=headers)
     assert (await client.get(url, headers=headers)).status_code == 404
+
+
+class WriteDuringRead:
+    """A read session whose query returns what it read only after `write` committed:
+    the interleaving of a cache miss racing a write."""
+
+    def __init__(self, session: AsyncSession, write: Callable[[], Awaitable[None]]) -> None:
+        self.session = session
+        self.write = write
+
+    async def exec(self, statement: Any) -> Any:
+        result = await self.session.exec(statement)
+        await self.write()
+        return result
+
+
+@pytest.mark.parametrize(
+    ("change", "after"),
+    [("patch", {"status_code": 200, "title": "After"}), ("delete", {"status_code": 404})],
+)
+async def test_a_read_racing_a_write_cannot_cache_the_old_item(
+    redis_client: tuple[Settings, AsyncClient],
+    db_engine: AsyncEngine,
+    change: str,
+    after: dict[str, Any],
+) -> None:
+    settings, client = redis_client
+    sub, tenant = f"race-{uuid.uuid4().hex}", f"t-{uuid.uuid4().hex}"
+    headers = caller(settings, sub, tenant)
+    item = await create(client, headers, "Before")
+    url = f"{ITEMS}/{item['id']}"
+
+    async def write() -> None:
+        if change == "patch":
+            response = await client.patch(url, json={"title": "After"}, headers=headers)
+        else:
+            response = await client.delete(url, headers=headers)
+        assert response.status_code in {200, 204}
+
+    redis = create_redis(settings)
+    scope = ItemScope(tenant, settings.AUTH_PROVIDER.value, sub)
+    try:
+        async with create_read_session_factory(db_engine)() as session:
+            racing = WriteDuringRead(session, write)
+            seen = await service.read_item(racing, Cache(redis), scope, uuid.UUID(item["id"]))  # type: ignore[arg-type]
+    finally:
+        assert redis is not None
+        await redis.aclose()
+    assert seen.title == "Before"  # what the losing read saw, and tried to cache
+    response = await client.get(url, headers=headers)
+    assert response.status_code == after["status_code"]
+    if "title" in after:
+        assert response.json()["title"] == after["title"]
+
+
+async def test_a_cache_entry_this_release_cannot_read_is_a_miss(
+    redis_client: tuple[Settings, AsyncClient],
+) -> None:
+    settings, client = redis_client
+    sub, tenant = f"cache-{uuid.uuid4().hex}", f"t-{uuid.uuid4().hex}"
+    headers = caller(settings, sub, tenant)
+    item = await create(client, headers, "Current")
+    scope = ItemScope(tenant, settings.AUTH_PROVIDER.value, sub)
+    redis = create_redis(settings)
+    try:  # as an older release with another item shape would have left it
+        await Cache(redis).set_json(scope.cache_key(uuid.UUID(item["id"])), {"name": "x"}, 60)
+        response = await client.get(f"{ITEMS}/{item['id']}", headers=headers)
+    finally:
+        assert redis is not None
+        await redis.aclose()
+    assert response.status_code == 200
+    assert response.json()["title"] == "Current"
 
 
 async def test_a_redis_outage_only_costs_speed(database_url: str, clean_db: None) -> None:
