@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -366,6 +367,42 @@ async def test_idempotency_key_replays_the_first_response(
     separate = await client.post(ITEMS, json={"title": "Once"}, headers=other_caller)
     assert separate.status_code == 201
     assert separate.json()["id"] != first.json()["id"]
+
+
+async def test_an_idempotency_key_is_not_replayed_into_another_tenant(
+    redis_client: tuple[Settings, AsyncClient],
+) -> None:
+    settings, client = redis_client
+    key = uuid.uuid4().hex
+    sub = f"idem-{key}"
+    in_acme = caller(settings, sub, "acme") | {"Idempotency-Key": key}
+    in_other = caller(settings, sub, f"other-{key}") | {"Idempotency-Key": key}
+    first = await client.post(ITEMS, json={"title": "Same"}, headers=in_acme)
+    second = await client.post(ITEMS, json={"title": "Same"}, headers=in_other)
+    assert first.status_code == second.status_code == 201
+    assert "idempotent-replayed" not in second.headers
+    assert second.json()["tenant_id"] == f"other-{key}"
+    assert second.json()["id"] != first.json()["id"]
+
+
+async def test_concurrent_requests_with_one_key_create_one_item(
+    redis_client: tuple[Settings, AsyncClient], db_engine: AsyncEngine
+) -> None:
+    settings, client = redis_client
+    key = uuid.uuid4().hex
+    tenant = f"t-{key}"
+    headers = caller(settings, f"idem-{key}", tenant) | {"Idempotency-Key": key}
+    async with asyncio.timeout(30):
+        responses = await asyncio.gather(
+            *(client.post(ITEMS, json={"title": "Once"}, headers=headers) for _ in range(4))
+        )
+    created = [r for r in responses if r.status_code == 201]
+    assert created
+    assert {r.json()["id"] for r in created} == {created[0].json()["id"]}
+    assert all(r.status_code in {201, 409} for r in responses)
+    async with db_engine.connect() as conn:
+        count = select(func.count()).select_from(Item).where(Item.tenant_id == tenant)
+        assert (await conn.execute(count)).scalar_one() == 1
 
 
 async def test_a_failed_request_does_not_burn_its_idempotency_key(
