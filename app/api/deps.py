@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -39,8 +40,10 @@ async def get_cursor_codec(request: Request) -> CursorCodec:
 
 
 def job_owner(principal: Principal) -> str:
-    """How a job records who asked for it (checked when its status is read)."""
-    return f"{principal.provider}:{principal.subject}"
+    """How a job records who asked for it (checked when its status is read): the
+    identity and the tenant it acted for, so a caller moved to another tenant no longer
+    reaches jobs (and exports) made with the old one."""
+    return json.dumps([principal.provider, principal.subject, principal.tenant_id])
 
 
 async def get_current_user(principal: CurrentPrincipal, request: Request) -> User:

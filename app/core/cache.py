@@ -4,6 +4,10 @@ The client is built from `REDIS_URL` with short connect and read timeouts. When 
 is not configured, or is down, `Cache` calls behave as misses, log a warning (at most
 once per `_WARN_INTERVAL`), and for a short back-off skip Redis entirely, so an
 outage costs neither errors nor a timeout on every request.
+
+Entries that mirror a versioned row go through `set_json_if_newer`: a write never
+replaces a newer version, so a read that fetched a row just before a write committed
+cannot put the old row back after the writer stored (or deleted) the new one.
 """
 
 from __future__ import annotations
@@ -23,6 +27,21 @@ logger = logging.getLogger(__name__)
 _WARN_INTERVAL = 30.0
 _BACKOFF = 2.0
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+
+# KEYS[1] entry; ARGV: JSON value, its version, TTL (ms). Stores unless the entry holds a
+# JSON object whose `version` is at least as new; returns 1 when stored.
+_SET_IF_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, stored = pcall(cjson.decode, current)
+  if ok and type(stored) == 'table' and tonumber(stored['version']) and
+      tonumber(stored['version']) >= tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+"""
 
 
 def create_redis(settings: Settings) -> Redis | None:
@@ -45,6 +64,7 @@ class Cache:
     def __init__(self, redis: Redis | None, *, prefix: str = "cache:") -> None:
         self.redis = redis
         self.prefix = prefix
+        self._set_if_newer = redis.register_script(_SET_IF_NEWER) if redis is not None else None
         self._skip_until = 0.0
         self._last_warning = -_WARN_INTERVAL
 
@@ -97,6 +117,23 @@ class Cache:
         except REDIS_ERRORS as exc:
             self._failed("add", exc)
             return None
+        return bool(stored)
+
+    async def set_json_if_newer(
+        self, key: str, value: dict[str, Any], *, ttl: float, is_write: bool = False
+    ) -> bool:
+        """Store `value` (an object with an integer `version`) unless the entry already
+        holds that version or a newer one. `is_write=True` (the value a committed write
+        produced) ignores the back-off, like `delete`: a skipped update leaves a stale entry."""
+        if self._set_if_newer is None or (not is_write and not self.available):
+            return False
+        payload = json.dumps(value, default=str, separators=(",", ":"))
+        args = (payload, int(value["version"]), max(1, int(ttl * 1000)))
+        try:
+            stored = await self._set_if_newer(keys=[self.prefix + key], args=args)
+        except REDIS_ERRORS as exc:
+            self._failed("set", exc)
+            return False
         return bool(stored)
 
     async def delete(self, *keys: str) -> bool:

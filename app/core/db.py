@@ -9,7 +9,9 @@ per query.
 
 `on_commit(session, callback)` defers work (sending a job, say) until the session's
 transaction has committed; a rollback discards it, so nothing leaves the process
-for data that was never stored.
+for data that was never stored. `on_rollback(session, callback)` is the opposite:
+clean-up (releasing a claim, say) for when the transaction does not commit, whether
+the handler raised or the commit itself failed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ AfterCommit = Callable[[], Awaitable[None]]
 
 logger = logging.getLogger(__name__)
 _AFTER_COMMIT = "after_commit"
+_AFTER_ROLLBACK = "after_rollback"
 
 
 def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _: ConnectionPoolEntry) -> None:
@@ -99,28 +102,38 @@ def on_commit(session: AsyncSession, callback: AfterCommit) -> None:
     session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
-async def _run_after_commit(session: AsyncSession) -> None:
-    callbacks: list[AfterCommit] = session.info.pop(_AFTER_COMMIT, [])
+def on_rollback(session: AsyncSession, callback: AfterCommit) -> None:
+    """Run `callback` if `session_context` (or `SessionDep`) rolls `session` back
+    instead of committing it; drop it after a commit. Same rules as `on_commit`."""
+    session.info.setdefault(_AFTER_ROLLBACK, []).append(callback)
+
+
+async def _run_callbacks(session: AsyncSession, run: str, drop: str) -> None:
+    session.info.pop(drop, None)
+    callbacks: list[AfterCommit] = session.info.pop(run, [])
     for callback in callbacks:
         try:
             await callback()
         except Exception:
-            logger.exception("after-commit callback %r failed", callback)
+            logger.exception("%s callback %r failed", run.replace("_", "-"), callback)
 
 
 @asynccontextmanager
 async def session_context(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
     """A session whose transaction commits on success and rolls back on error; work
-    registered with `on_commit` runs after the commit."""
+    registered with `on_commit` runs after the commit, `on_rollback` work after a
+    rollback."""
     async with factory() as session:
         try:
             yield session
             await session.commit()
         except BaseException:
-            session.info.pop(_AFTER_COMMIT, None)
-            await session.rollback()
+            try:
+                await session.rollback()
+            finally:
+                await _run_callbacks(session, _AFTER_ROLLBACK, drop=_AFTER_COMMIT)
             raise
-        await _run_after_commit(session)
+        await _run_callbacks(session, _AFTER_COMMIT, drop=_AFTER_ROLLBACK)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

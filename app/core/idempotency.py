@@ -4,16 +4,18 @@ A client retrying a POST with the same key and the same body gets the first resp
 back (same status, body, `Location` and `ETag`, plus `Idempotent-Replayed: true`)
 instead of a second resource. The same key with a different body is a 422; a key
 whose first request is still running is a 409 with `Retry-After`. The stored
-response is written only after the database commit, and kept for `RECORD_TTL`.
-Keys are scoped to the caller and the route. Without Redis (not configured or down)
-the header is accepted and every request simply runs: never an error.
+response is written only after the database commit, and kept for `RECORD_TTL`; when
+the transaction rolls back instead (the handler failed, or the commit did), the
+claim is released so a retry can run. Keys are scoped to the caller (identity and
+tenant) and the route. Without Redis (not configured or down) the header is accepted
+and every request simply runs: never an error.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
@@ -22,14 +24,15 @@ from pydantic import BaseModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.cache import Cache
-from app.core.db import on_commit
+from app.core.db import SessionDep, on_commit, on_rollback
 from app.core.exceptions import ConflictError, ValidationError
 from app.core.security import CurrentPrincipal
 
 HEADER = "Idempotency-Key"
 RECORD_TTL = 24 * 3600.0
 PENDING_TTL = 60.0
-_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+_KEY = re.compile(_KEY_PATTERN)
 _REPLAYED_HEADERS = ("location", "etag", "content-type")
 
 
@@ -107,16 +110,25 @@ class Idempotency:
 async def get_idempotency(
     request: Request,
     principal: CurrentPrincipal,
-    key: Annotated[str | None, Header(alias=HEADER)] = None,
-) -> AsyncIterator[Idempotency]:
-    """Idempotency for this request, keyed by caller and route; a failed request releases it."""
-    scope = f"{principal.provider}:{principal.subject}:{request.method}:{request.url.path}"
+    session: SessionDep,
+    key: Annotated[
+        str | None,
+        Header(
+            alias=HEADER,
+            pattern=_KEY_PATTERN,
+            description="Any unique string (1-255 visible ASCII characters); a retry with "
+            "the same key and body within 24 hours returns the first response.",
+        ),
+    ] = None,
+) -> Idempotency:
+    """Idempotency for this request, keyed by caller and route; released if `session`
+    rolls back (whatever order the handler's dependencies were declared in)."""
+    who = [principal.provider, principal.subject, principal.tenant_id]
+    where = f"{request.method} {request.url.path}"
+    scope = hashlib.sha256(json.dumps([*who, where]).encode()).hexdigest()
     idempotency = Idempotency(request.state.cache, key, scope)
-    try:
-        yield idempotency
-    except BaseException:
-        await idempotency.release()
-        raise
+    on_rollback(session, idempotency.release)
+    return idempotency
 
 
-IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency, scope="function")]
+IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

@@ -28,7 +28,10 @@ class CursorCodec:
         return hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
 
     def encode(self, kind: str, values: list[Any]) -> str:
-        payload = json.dumps([kind, *values], separators=(",", ":"), default=str).encode()
+        # UTF-8 rather than \u escapes: a cursor on a non-ASCII title stays short.
+        payload = json.dumps(
+            [kind, *values], separators=(",", ":"), default=str, ensure_ascii=False
+        ).encode()
         return base64.urlsafe_b64encode(self._mac(payload) + payload).rstrip(b"=").decode()
 
     def decode(self, kind: str, cursor: str) -> list[Any]:

@@ -114,7 +114,9 @@ def _from_definition(job_id: str, definition: JobDef, running: bool, tries: int)
         state=JobState.IN_PROGRESS if running else JobState.QUEUED,
         owner=meta.get("owner"),
         request_id=meta.get("request_id"),
-        attempts=tries,
+        # arq marks a job running a moment before it counts the try: a running job is
+        # on its first try at least.
+        attempts=max(tries, 1) if running else tries,
         enqueued_at=definition.enqueue_time,
     )
 

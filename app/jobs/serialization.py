@@ -40,11 +40,11 @@ def _encode_exception(value: object) -> dict[str, Any]:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _decode_exception(obj: dict[str, Any]) -> object:
-    error = obj.get(_ERROR_KEY) if len(obj) == 1 else None
+def _decode_exception(value: object) -> object:
+    error = value.get(_ERROR_KEY) if isinstance(value, dict) and len(value) == 1 else None
     if isinstance(error, dict):
         return JobError(str(error.get("type", "Exception")), str(error.get("message", "")))
-    return obj
+    return value
 
 
 def job_serializer(data: dict[str, Any]) -> bytes:
@@ -59,10 +59,14 @@ def job_serializer(data: dict[str, Any]) -> bytes:
 
 
 def job_deserializer(raw: bytes) -> dict[str, Any]:
-    """arq's deserializer, the inverse of `job_serializer`."""
-    data = json.loads(raw, object_hook=_decode_exception)
+    """arq's deserializer, the inverse of `job_serializer`. Only the outcome of a failed
+    job (`r` where `s` is false) is read back as an exception: arguments and results are
+    returned as stored, whatever keys their dicts have."""
+    data = json.loads(raw)
     if not isinstance(data, dict):
         raise ValueError("a job record must be a JSON object")
+    if data.get("s") is False and "r" in data:
+        data["r"] = _decode_exception(data["r"])
     return data
 
 

@@ -29,6 +29,7 @@ class Item(BaseTable, SoftDeleteMixin, table=True):
         Index("ix_items_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
         Index("ix_items_tenant_id_title_id", "tenant_id", "title", "id"),
         Index("ix_items_owner_id_created_at_id", "owner_id", "created_at", "id"),
+        Index("ix_items_owner_id_title_id", "owner_id", "title", "id"),
     )
     # Read database-set columns back in the INSERT itself (RETURNING), not lazily later.
     __mapper_args__: ClassVar[dict[str, object]] = {"eager_defaults": True}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal, Self
 
 from pydantic import (
@@ -15,19 +15,45 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from app.models.item import ItemStatus
 
 MAX_TAGS = 20
+# Long enough for a cursor on a 200-character title of 4-byte characters.
+MAX_CURSOR_LENGTH = 2048
+# PostgreSQL cannot store NUL in text at all; a title or a search term has no use for
+# any other control character either.
+_NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+_NO_NUL = r"^[^\x00]*$"
 
 
 def _unique_tags(tags: list[str]) -> list[str]:
     return list(dict.fromkeys(tags))
 
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Description = Annotated[str, StringConstraints(max_length=5000)]
+def _in_utc(value: datetime) -> datetime:
+    """The instant in UTC; one that does not exist there (year 0 or 10000) is invalid."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError(
+            "datetime_out_of_range", "must fall between years 1 and 9999 in UTC"
+        ) from None
+
+
+Title = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=200, pattern=_NO_CONTROL_CHARACTERS
+    ),
+]
+Description = Annotated[str, StringConstraints(max_length=5000, pattern=_NO_NUL)]
+SearchTerm = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=_NO_CONTROL_CHARACTERS)
+]
+Instant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 Tag = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=40, pattern=r"^[\w.:-]+$"),
@@ -49,10 +75,12 @@ class ItemUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: Title | None = None
+    # Omitted means unchanged; null is refused (and left out of the schema) for all but
+    # `description`, which null clears.
+    title: Title | SkipJsonSchema[None] = None
     description: Description | None = None
-    status: ItemStatus | None = None
-    tags: Tags | None = None
+    status: ItemStatus | SkipJsonSchema[None] = None
+    tags: Tags | SkipJsonSchema[None] = None
 
     @model_validator(mode="after")
     def _required_fields_are_not_null(self) -> Self:
@@ -86,12 +114,12 @@ class ItemListParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(default=20, ge=1, le=100)
-    cursor: str | None = Field(default=None, max_length=512)
+    cursor: str | None = Field(default=None, max_length=MAX_CURSOR_LENGTH)
     include_total: bool = False
     status: ItemStatus | None = None
-    q: str | None = Field(default=None, min_length=1, max_length=200)
-    created_after: AwareDatetime | None = None
-    created_before: AwareDatetime | None = None
+    q: SearchTerm | None = None
+    created_after: Instant | None = None
+    created_before: Instant | None = None
     sort: Literal["created_at", "-created_at", "title", "-title"] = "-created_at"
 
 
@@ -101,6 +129,6 @@ class ItemExportParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: ItemStatus | None = None
-    q: str | None = Field(default=None, min_length=1, max_length=200)
-    created_after: AwareDatetime | None = None
-    created_before: AwareDatetime | None = None
+    q: SearchTerm | None = None
+    created_after: Instant | None = None
+    created_before: Instant | None = None

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import os
 from pathlib import Path
+from typing import TextIO
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -42,18 +43,36 @@ def export_path(directory: Path, job_id: str) -> Path:
 async def export_items_csv(
     session: AsyncSession, scope: ItemScope, filters: ItemFilters, path: Path
 ) -> int:
-    """Write every matching item to `path` (atomically: readers never see half a file)."""
+    """Write every matching item to `path` atomically: readers never see half a file,
+    and a failed export leaves no partial file behind."""
     await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
-    rows = 0
-    with partial.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        await asyncio.to_thread(writer.writerow, COLUMNS)
-        async for batch in iter_items(session, scope, filters):
-            await asyncio.to_thread(writer.writerows, [_row(item) for item in batch])
-            rows += len(batch)
-    await asyncio.to_thread(os.replace, partial, path)
+    file = await asyncio.to_thread(partial.open, "w", newline="", encoding="utf-8")
+    try:
+        rows = await _write_rows(session, scope, filters, file)
+        await asyncio.to_thread(file.close)
+        await asyncio.to_thread(os.replace, partial, path)
+    except BaseException:
+        await asyncio.to_thread(_discard, file, partial)
+        raise
     return rows
+
+
+async def _write_rows(
+    session: AsyncSession, scope: ItemScope, filters: ItemFilters, file: TextIO
+) -> int:
+    writer = csv.writer(file)
+    await asyncio.to_thread(writer.writerow, COLUMNS)
+    rows = 0
+    async for batch in iter_items(session, scope, filters):
+        await asyncio.to_thread(writer.writerows, [_row(item) for item in batch])
+        rows += len(batch)
+    return rows
+
+
+def _discard(file: TextIO, partial: Path) -> None:
+    file.close()
+    partial.unlink(missing_ok=True)
 
 
 def remove_old_exports(directory: Path, older_than: float, now: float) -> int:

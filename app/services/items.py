@@ -5,6 +5,10 @@ one, otherwise the caller's own tenant-less items. An item outside the scope doe
 exist as far as the caller can tell (404, never 403). Writes are single conditional
 UPDATE statements, so optimistic concurrency (`version`) holds under concurrent
 requests without a read-then-write race.
+
+Single items are cached per scope. A write stores what it committed (a deletion as a
+tombstone) with the item's version, and a cache fill never replaces a newer version,
+so a read racing a write cannot leave the old item in the cache.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, update
+from pydantic import ValidationError
+from sqlalchemy import ColumnElement, and_, func, literal, tuple_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -98,24 +103,44 @@ async def get_item(session: AsyncSession, scope: ItemScope, item_id: uuid.UUID) 
     return item
 
 
+def _from_cache(entry: Any) -> ItemRead | None:
+    """The cached item; None for a miss or an entry this code cannot read (written by
+    another release, say); `NotFoundError` for a cached deletion."""
+    if not isinstance(entry, dict):
+        return None
+    if entry.get("deleted") is True:
+        raise NotFoundError("Item not found.")
+    try:
+        return ItemRead.model_validate(entry)
+    except ValidationError:
+        return None
+
+
 async def read_item(
     session: AsyncSession, cache: Cache, scope: ItemScope, item_id: uuid.UUID
 ) -> ItemRead:
     """One item, from the cache when it holds it (a Redis outage only costs speed)."""
     key = scope.cache_key(item_id)
-    cached = await cache.get_json(key)
+    cached = _from_cache(await cache.get_json(key))
     if cached is not None:
-        return ItemRead.model_validate(cached)
+        return cached
     item = ItemRead.model_validate(await get_item(session, scope, item_id))
-    await cache.set_json(key, item.model_dump(mode="json"), ttl=ITEM_CACHE_TTL)
+    await cache.set_json_if_newer(key, item.model_dump(mode="json"), ttl=ITEM_CACHE_TTL)
     return item
 
 
-def _invalidate_after_commit(session: AsyncSession, cache: Cache, key: str) -> None:
-    async def invalidate() -> None:
-        await cache.delete(key)
+def _cache_after_commit(session: AsyncSession, cache: Cache, scope: ItemScope, item: Item) -> None:
+    """Once the write commits, cache what it wrote (a tombstone for a deletion)."""
+    key = scope.cache_key(item.id)
+    if item.deleted_at is None:
+        entry: dict[str, Any] = ItemRead.model_validate(item).model_dump(mode="json")
+    else:
+        entry = {"version": item.version, "deleted": True}
 
-    on_commit(session, invalidate)
+    async def store() -> None:
+        await cache.set_json_if_newer(key, entry, ttl=ITEM_CACHE_TTL, is_write=True)
+
+    on_commit(session, store)
 
 
 async def _conditional_update(
@@ -166,7 +191,7 @@ async def update_item(
     item = await _conditional_update(
         session, scope, item_id, changes, deleted=False, expected_versions=expected_versions
     )
-    _invalidate_after_commit(session, cache, scope.cache_key(item_id))
+    _cache_after_commit(session, cache, scope, item)
     return item
 
 
@@ -179,10 +204,10 @@ async def delete_item(
 ) -> None:
     """Soft delete: the row stays (restorable) until the retention purge removes it."""
     values = {"deleted_at": func.now()}
-    await _conditional_update(
+    item = await _conditional_update(
         session, scope, item_id, values, deleted=False, expected_versions=expected_versions
     )
-    _invalidate_after_commit(session, cache, scope.cache_key(item_id))
+    _cache_after_commit(session, cache, scope, item)
 
 
 async def restore_item(
@@ -195,7 +220,7 @@ async def restore_item(
         )
     except NotFoundError:
         return await get_item(session, scope, item_id)
-    _invalidate_after_commit(session, cache, scope.cache_key(item_id))
+    _cache_after_commit(session, cache, scope, item)
     return item
 
 
@@ -207,11 +232,14 @@ def _sort(sort: str) -> tuple[Any, bool]:
 
 
 def _after(column: Any, descending: bool, value: Any, last_id: uuid.UUID) -> ColumnElement[bool]:
-    """Rows strictly after (value, last_id) in the (column, id) order."""
-    ids = col(Item.id)
-    if descending:
-        return or_(column < value, and_(column == value, ids < last_id))
-    return or_(column > value, and_(column == value, ids > last_id))
+    """Rows strictly after (value, last_id) in the (column, id) order. A row-value
+    comparison, so both databases seek straight to it in the (scope, column, id) index
+    instead of reading every earlier row of the scope."""
+    ids: Any = col(Item.id)
+    position = tuple_(column, ids)
+    # Typed binds: on SQLite the datetime must be written the way the column stores it.
+    after = tuple_(literal(value, column.type), literal(last_id, ids.type))
+    return position < after if descending else position > after
 
 
 def _sort_key(sort: str, item: Item) -> list[str]:

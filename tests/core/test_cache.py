@@ -66,3 +66,23 @@ async def test_a_hung_redis_costs_at_most_the_socket_timeout() -> None:
             assert await cache.get_json("k") is None
         assert redis is not None
         await redis.aclose()
+
+
+async def test_an_older_version_never_replaces_a_newer_one(redis_url: str) -> None:
+    redis = create_redis(make_settings(SQLITE, REDIS_URL=redis_url))
+    cache = Cache(redis)
+    k = key()
+    try:
+        assert await cache.set_json_if_newer(k, {"version": 2, "name": "new"}, ttl=30)
+        assert not await cache.set_json_if_newer(k, {"version": 1, "name": "old"}, ttl=30)
+        assert not await cache.set_json_if_newer(k, {"version": 2, "name": "again"}, ttl=30)
+        assert await cache.get_json(k) == {"version": 2, "name": "new"}
+        assert await cache.set_json_if_newer(k, {"version": 3, "deleted": True}, ttl=30)
+        assert await cache.get_json(k) == {"version": 3, "deleted": True}
+        await cache.set_json(k, ["not", "versioned"], ttl=30)
+        assert await cache.set_json_if_newer(k, {"version": 1}, ttl=30)
+        assert await cache.get_json(k) == {"version": 1}
+    finally:
+        assert redis is not None
+        await redis.delete(cache.prefix + k)
+        await redis.aclose()

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from httpx import AsyncClient
 from sqlalchemy import select, update
+from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.cache import create_redis
 from app.core.config import Settings
+from app.core.db import create_session_factory, session_context
 from app.jobs.exports import export_items
 from app.jobs.purge import purge_soft_deleted
 from app.jobs.queue import JobQueue
 from app.models.base import utcnow
 from app.models.item import Item
+from app.services.item_exports import export_items_csv
+from app.services.items import ItemFilters, ItemScope
 from tests.jobs.conftest import job_settings, run_worker
 from tests.support import CLOSED_PORT_URL, auth_headers, make_settings, running_app
 
@@ -46,8 +51,12 @@ async def client(settings: Settings) -> AsyncIterator[AsyncClient]:
         yield client
 
 
+RUN = uuid.uuid4().hex[:8]
+
+
 def caller(settings: Settings, sub: str, tenant: str | None = "acme") -> dict[str, str]:
-    return auth_headers(settings, sub, tenant=tenant)
+    """A caller unique to this test run: rate-limit budgets live in the shared Redis."""
+    return auth_headers(settings, f"{sub}-{RUN}", tenant=tenant)
 
 
 async def add(client: AsyncClient, headers: dict[str, str], title: str, **fields: Any) -> str:
@@ -61,8 +70,10 @@ async def test_export_writes_the_callers_filtered_items_as_csv(
     client: AsyncClient, settings: Settings
 ) -> None:
     alice = caller(settings, "alice")
-    await add(client, alice, "=HYPERLINK(evil)", status="active", tags=["x", "y"])
-    await add(client, alice, "plain", status="active")
+    wanted = {
+        await add(client, alice, "=HYPERLINK(evil)", status="active", tags=["x", "y"]),
+        await add(client, alice, "plain", status="active", description='two\nlines, quoted "'),
+    }
     await add(client, alice, "archived one", status="archived")
     await add(client, caller(settings, "mallory", "evil"), "not yours", status="active")
 
@@ -84,9 +95,13 @@ async def test_export_writes_the_callers_filtered_items_as_csv(
     assert download.status_code == 200
     assert download.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(download.text)))
+    assert {row["id"] for row in rows} == wanted
     assert sorted(row["title"] for row in rows) == ["'=HYPERLINK(evil)", "plain"]
     assert {row["status"] for row in rows} == {"active"}
-    assert "x;y" in {row["tags"] for row in rows}
+    assert {row["tags"] for row in rows} == {"x;y", ""}
+    assert {row["description"] for row in rows} == {"", 'two\nlines, quoted "'}
+    files = await asyncio.to_thread(lambda: sorted(p.name for p in settings.EXPORT_DIR.iterdir()))
+    assert files == [f"items-{job_id}.csv"]  # no partial file left next to it
 
 
 async def test_only_the_caller_who_asked_sees_the_export(
@@ -103,11 +118,54 @@ async def test_only_the_caller_who_asked_sees_the_export(
     assert (await client.get("/api/v1/jobs/nope", headers=alice)).status_code == 404
 
 
-async def test_bad_export_filters_are_422(client: AsyncClient, settings: Settings) -> None:
-    response = await client.post(
-        f"{ITEMS}/exports", json={"status": "lost"}, headers=caller(settings, "alice")
-    )
+async def test_a_caller_moved_to_another_tenant_no_longer_sees_the_export(
+    client: AsyncClient, settings: Settings
+) -> None:
+    in_acme = caller(settings, "alice", "acme")
+    in_other = caller(settings, "alice", "other")
+    await add(client, in_acme, "acme only")
+    job_id = (await client.post(f"{ITEMS}/exports", headers=in_acme)).json()["job_id"]
+    await run_worker(settings, [export_items])
+    assert (await client.get(f"/api/v1/jobs/{job_id}", headers=in_acme)).status_code == 200
+    assert (await client.get(f"/api/v1/jobs/{job_id}", headers=in_other)).status_code == 404
+    download = await client.get(f"{ITEMS}/exports/{job_id}/download", headers=in_other)
+    assert download.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "lost"},
+        {"q": "nul\x00"},
+        {"created_after": "0001-01-01T00:00:00+01:00"},
+        {"created_before": "2024-01-01T00:00:00"},
+        {"sort": "title"},
+    ],
+)
+async def test_bad_export_filters_are_422(
+    client: AsyncClient, settings: Settings, body: dict[str, Any]
+) -> None:
+    headers = caller(settings, f"alice-{uuid.uuid4().hex}")
+    response = await client.post(f"{ITEMS}/exports", json=body, headers=headers)
     assert response.status_code == 422
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+async def test_a_failed_export_leaves_no_file_behind(
+    db_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    path = tmp_path / "out" / "items-job.csv"
+    scope = ItemScope("acme", "local", "alice")
+    # The query fails once the file is open: naive datetimes are refused by the column type.
+    broken = ItemFilters(created_after=datetime(2024, 1, 1))
+
+    async def export() -> None:
+        async with session_context(create_session_factory(db_engine)) as session:
+            await export_items_csv(session, scope, broken, path)
+
+    with pytest.raises(StatementError):
+        await export()
+    assert await asyncio.to_thread(lambda: list(path.parent.iterdir())) == []
 
 
 async def test_export_without_redis_is_a_503(database_url: str, clean_db: None) -> None:

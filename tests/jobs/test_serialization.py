@@ -35,7 +35,17 @@ def test_exceptions_are_stored_as_type_and_message_and_read_back_as_job_error() 
     result = job_deserializer(raw)["r"]
     assert isinstance(result, JobError)
     assert (result.type_name, result.message) == ("ValueError", "bad row 7")
-    assert job_deserializer(job_serializer({"r": result}))["r"].type_name == "ValueError"
+    again = job_deserializer(job_serializer({"s": False, "r": result}))["r"]
+    assert again.type_name == "ValueError"
+
+
+def test_arguments_and_results_shaped_like_a_stored_error_come_back_as_data() -> None:
+    lookalike = {"__job_error__": {"type": "ValueError", "message": "just data"}}
+    job = job_deserializer(job_serializer({"f": "export", "a": [lookalike], "k": {"x": lookalike}}))
+    assert job["a"] == [lookalike]
+    assert job["k"] == {"x": lookalike}
+    result = job_deserializer(job_serializer({"s": True, "r": lookalike}))
+    assert result["r"] == lookalike
 
 
 def test_pickled_or_malformed_records_are_refused() -> None:

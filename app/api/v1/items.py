@@ -74,6 +74,15 @@ def _read(item: Item) -> ItemRead:
 _LIMITED: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorResponse, "description": "Rate limit exceeded."}
 }
+_DOWNLOAD: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {}}, "description": "The export."},
+    401: _ERRORS[401],
+    404: {"model": ErrorResponse, "description": "No such export for this caller."},
+    409: {"model": ErrorResponse, "description": "The export has not finished, or failed."},
+}
+_QUEUE_DOWN: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorResponse, "description": "The job queue is unreachable."}
+}
 
 
 @router.post(
@@ -130,13 +139,17 @@ async def list_items(
     "/exports",
     status_code=202,
     response_model=JobAccepted,
-    responses=_ERRORS | _LIMITED,
+    responses=_ERRORS | _LIMITED | _QUEUE_DOWN,
     dependencies=[limit_exports],
 )
 async def export_items_csv(
-    body: ItemExportParams, request: Request, principal: CurrentPrincipal, jobs: JobsDep
+    request: Request,
+    principal: CurrentPrincipal,
+    jobs: JobsDep,
+    body: ItemExportParams | None = None,
 ) -> JSONResponse:
     """Queue a CSV export of the caller's items (same filters as the list); 202 + job URL."""
+    body = body or ItemExportParams()
     scope = {
         "tenant_id": principal.tenant_id,
         "provider": principal.provider,
@@ -152,11 +165,7 @@ async def export_items_csv(
 @router.get(
     "/exports/{job_id}/download",
     response_class=FileResponse,
-    responses={
-        200: {"content": {"text/csv": {}}, "description": "The export."},
-        404: {"model": ErrorResponse, "description": "No such export for this caller."},
-        409: {"model": ErrorResponse, "description": "The export has not finished."},
-    },
+    responses=_DOWNLOAD | _QUEUE_DOWN,
 )
 async def download_export(
     job_id: str, principal: CurrentPrincipal, queue: JobQueueDep, settings: SettingsDep
@@ -165,8 +174,10 @@ async def download_export(
     info = await queue.info_for(job_id, job_owner(principal))
     if info is None or info.function != export_items.name:
         raise NotFoundError("Export not found.")
+    if info.state is JobState.FAILED:
+        raise ConflictError("The export failed; start a new one.")
     if info.state is not JobState.COMPLETE:
-        raise ConflictError(f"The export is {info.state.value.replace('_', ' ')}, not ready.")
+        raise ConflictError("The export has not finished yet; poll its status URL.")
     path = export_path(settings.EXPORT_DIR, job_id)
     if not await asyncio.to_thread(path.is_file):
         raise NotFoundError("The export file has expired.")

@@ -16,6 +16,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
     "/{job_id}",
     response_model=JobRead,
     responses={
+        401: {"model": ErrorResponse, "description": "Missing or invalid token."},
         404: {"model": ErrorResponse, "description": "No such job for this caller."},
         503: {"model": ErrorResponse, "description": "The job queue is unreachable."},
     },

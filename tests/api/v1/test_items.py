@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core.cache import Cache, create_redis
 from app.core.config import Settings
+from app.core.db import create_read_session_factory
 from app.models.item import Item
+from app.services import items as service
+from app.services.items import ItemScope
 from tests.support import CLOSED_PORT_URL, auth_headers, make_settings, running_app
 
 ITEMS = "/api/v1/items"
@@ -67,6 +74,9 @@ async def test_create_returns_201_location_etag_and_the_item(
         {"title": "ok", "tags": [f"t{i}" for i in range(21)]},
         {"title": "ok", "description": "d" * 5001},
         {},
+        {"title": "nul\x00inside"},  # PostgreSQL cannot store NUL: a 500 before
+        {"title": "bell\x07"},
+        {"title": "ok", "description": "nul\x00"},
     ],
 )
 async def test_invalid_bodies_are_422(
@@ -82,7 +92,13 @@ async def test_null_for_a_required_field_in_a_patch_is_422(
 ) -> None:
     headers = caller(settings, "alice")
     item = await create(client, headers)
-    for body in ({"title": None}, {"status": None}, {"tags": None}, {"version": 5}):
+    for body in (
+        {"title": None},
+        {"status": None},
+        {"tags": None},
+        {"version": 5},
+        {"title": "\x00"},
+    ):
         response = await client.patch(f"{ITEMS}/{item['id']}", json=body, headers=headers)
         assert response.status_code == 422, body
     cleared = await client.patch(
@@ -183,6 +199,37 @@ async def test_list_filters_total_and_limits(client: AsyncClient, settings: Sett
     assert page["next_cursor"]
 
 
+async def test_descriptions_keep_line_breaks_and_tabs(
+    client: AsyncClient, settings: Settings
+) -> None:
+    item = await create(client, caller(settings, "alice"), description="one\ntwo\tthree\r\n")
+    assert item["description"] == "one\ntwo\tthree\r\n"
+
+
+async def test_paging_by_long_non_ascii_titles(client: AsyncClient, settings: Settings) -> None:
+    """The cursor carries the last title: it must stay usable for the longest titles."""
+    headers = caller(settings, "alice", "acme")
+    titles = ["\U0001f600" * 200, "\u5b57" * 200, '"\\' * 100, "plain"]
+    for title in titles:
+        await create(client, headers, title)
+    for sort in ("title", "-title"):
+        seen = await walk(client, headers, {"limit": 1, "sort": sort})
+        assert sorted(row["title"] for row in seen) == sorted(titles)
+
+
+@pytest.mark.parametrize("sort", ["-created_at", "created_at"])
+async def test_paging_through_rows_created_at_the_same_instant(
+    client: AsyncClient, settings: Settings, db_engine: AsyncEngine, sort: str
+) -> None:
+    headers = caller(settings, "alice", "acme")
+    ids = [(await create(client, headers, f"t{i}"))["id"] for i in range(7)]
+    same = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    async with db_engine.begin() as conn:
+        await conn.execute(update(Item).values(created_at=same))
+    seen = [row["id"] for row in await walk(client, headers, {"limit": 2, "sort": sort})]
+    assert seen == sorted(ids, reverse=sort.startswith("-"))
+
+
 async def test_created_between_filters(client: AsyncClient, settings: Settings) -> None:
     headers = caller(settings, "alice", "acme")
     item = await create(client, headers)
@@ -203,7 +250,11 @@ async def test_created_between_filters(client: AsyncClient, settings: Settings) 
         {"created_after": "yesterday"},
         {"created_after": "2024-01-01T00:00:00"},  # no time zone
         {"cursor": "not-a-cursor"},
+        {"cursor": "c" * 2049},
         {"unknown": "1"},
+        {"q": "nul\x00"},  # a 500 on PostgreSQL before
+        {"created_after": "0001-01-01T00:00:00+01:00"},  # before year 1 in UTC: a 500 before
+        {"created_before": "9999-12-31T23:59:59-01:00"},  # after year 9999 in UTC
     ],
 )
 async def test_bad_list_parameters_are_422(
@@ -318,6 +369,42 @@ async def test_idempotency_key_replays_the_first_response(
     assert separate.json()["id"] != first.json()["id"]
 
 
+async def test_an_idempotency_key_is_not_replayed_into_another_tenant(
+    redis_client: tuple[Settings, AsyncClient],
+) -> None:
+    settings, client = redis_client
+    key = uuid.uuid4().hex
+    sub = f"idem-{key}"
+    in_acme = caller(settings, sub, "acme") | {"Idempotency-Key": key}
+    in_other = caller(settings, sub, f"other-{key}") | {"Idempotency-Key": key}
+    first = await client.post(ITEMS, json={"title": "Same"}, headers=in_acme)
+    second = await client.post(ITEMS, json={"title": "Same"}, headers=in_other)
+    assert first.status_code == second.status_code == 201
+    assert "idempotent-replayed" not in second.headers
+    assert second.json()["tenant_id"] == f"other-{key}"
+    assert second.json()["id"] != first.json()["id"]
+
+
+async def test_concurrent_requests_with_one_key_create_one_item(
+    redis_client: tuple[Settings, AsyncClient], db_engine: AsyncEngine
+) -> None:
+    settings, client = redis_client
+    key = uuid.uuid4().hex
+    tenant = f"t-{key}"
+    headers = caller(settings, f"idem-{key}", tenant) | {"Idempotency-Key": key}
+    async with asyncio.timeout(30):
+        responses = await asyncio.gather(
+            *(client.post(ITEMS, json={"title": "Once"}, headers=headers) for _ in range(4))
+        )
+    created = [r for r in responses if r.status_code == 201]
+    assert created
+    assert {r.json()["id"] for r in created} == {created[0].json()["id"]}
+    assert all(r.status_code in {201, 409} for r in responses)
+    async with db_engine.connect() as conn:
+        count = select(func.count()).select_from(Item).where(Item.tenant_id == tenant)
+        assert (await conn.execute(count)).scalar_one() == 1
+
+
 async def test_a_failed_request_does_not_burn_its_idempotency_key(
     redis_client: tuple[Settings, AsyncClient],
 ) -> None:
@@ -347,6 +434,78 @@ async def test_single_item_reads_are_cached_and_invalidated_by_writes(
     assert (await client.get(url, headers=headers)).json()["title"] == "Changed in DB"
     await client.delete(url, headers=headers)
     assert (await client.get(url, headers=headers)).status_code == 404
+
+
+class WriteDuringRead:
+    """A read session whose query returns what it read only after `write` committed:
+    the interleaving of a cache miss racing a write."""
+
+    def __init__(self, session: AsyncSession, write: Callable[[], Awaitable[None]]) -> None:
+        self.session = session
+        self.write = write
+
+    async def exec(self, statement: Any) -> Any:
+        result = await self.session.exec(statement)
+        await self.write()
+        return result
+
+
+@pytest.mark.parametrize(
+    ("change", "after"),
+    [("patch", {"status_code": 200, "title": "After"}), ("delete", {"status_code": 404})],
+)
+async def test_a_read_racing_a_write_cannot_cache_the_old_item(
+    redis_client: tuple[Settings, AsyncClient],
+    db_engine: AsyncEngine,
+    change: str,
+    after: dict[str, Any],
+) -> None:
+    settings, client = redis_client
+    sub, tenant = f"race-{uuid.uuid4().hex}", f"t-{uuid.uuid4().hex}"
+    headers = caller(settings, sub, tenant)
+    item = await create(client, headers, "Before")
+    url = f"{ITEMS}/{item['id']}"
+
+    async def write() -> None:
+        if change == "patch":
+            response = await client.patch(url, json={"title": "After"}, headers=headers)
+        else:
+            response = await client.delete(url, headers=headers)
+        assert response.status_code in {200, 204}
+
+    redis = create_redis(settings)
+    scope = ItemScope(tenant, settings.AUTH_PROVIDER.value, sub)
+    try:
+        async with create_read_session_factory(db_engine)() as session:
+            racing = WriteDuringRead(session, write)
+            seen = await service.read_item(racing, Cache(redis), scope, uuid.UUID(item["id"]))  # type: ignore[arg-type]
+    finally:
+        assert redis is not None
+        await redis.aclose()
+    assert seen.title == "Before"  # what the losing read saw, and tried to cache
+    response = await client.get(url, headers=headers)
+    assert response.status_code == after["status_code"]
+    if "title" in after:
+        assert response.json()["title"] == after["title"]
+
+
+async def test_a_cache_entry_this_release_cannot_read_is_a_miss(
+    redis_client: tuple[Settings, AsyncClient],
+) -> None:
+    settings, client = redis_client
+    sub, tenant = f"cache-{uuid.uuid4().hex}", f"t-{uuid.uuid4().hex}"
+    headers = caller(settings, sub, tenant)
+    item = await create(client, headers, "Current")
+    scope = ItemScope(tenant, settings.AUTH_PROVIDER.value, sub)
+    redis = create_redis(settings)
+    try:  # as an older release with another item shape would have left it
+        await Cache(redis).set_json(scope.cache_key(uuid.UUID(item["id"])), {"name": "x"}, 60)
+        response = await client.get(f"{ITEMS}/{item['id']}", headers=headers)
+    finally:
+        assert redis is not None
+        await redis.aclose()
+    assert response.status_code == 200
+    assert response.json()["title"] == "Current"
 
 
 async def test_a_redis_outage_only_costs_speed(database_url: str, clean_db: None) -> None:
