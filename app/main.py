@@ -142,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "ETag",
                 "Location",
                 "Retry-After",
+                "Idempotent-Replayed",
                 "RateLimit-Limit",
                 "RateLimit-Remaining",
                 "RateLimit-Reset",

@@ -119,6 +119,9 @@ async def test_cors_preflight_from_an_allowed_origin(database_url: str, clean_db
             "/api/v1/public/health",
             headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"},
         )
+        simple = await client.get(
+            "/api/v1/public/health", headers={"Origin": "https://app.example"}
+        )
         denied = await client.options(
             "/api/v1/public/health",
             headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
@@ -126,3 +129,12 @@ async def test_cors_preflight_from_an_allowed_origin(database_url: str, clean_db
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-origin" not in denied.headers
+    exposed = simple.headers["access-control-expose-headers"].lower()
+    for header in (
+        "x-request-id",
+        "etag",
+        "location",
+        "idempotent-replayed",
+        "ratelimit-remaining",
+    ):
+        assert header in exposed
