@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
+from json import dumps
 from typing import Any, Literal
 
 _HANDLER_NAME = "app"
@@ -79,9 +81,16 @@ class LineFormatter(logging.Formatter):
         raise NotImplementedError
 
     def render_access(
-        self, created: float, request_id: str | None, fields: Mapping[str, object]
+        self,
+        created: float,
+        request_id: str | None,
+        method: str,
+        path: str,
+        status: int,
+        duration_ms: float,
     ) -> str:
-        """The access-log line for one request (`fields`: method, path, status, duration_ms)."""
+        """The access-log line for one request (what `render` gives for its record)."""
+        fields = {"method": method, "path": path, "status": status, "duration_ms": duration_ms}
         return self.render(created, "INFO", ACCESS_LOGGER, ACCESS_MESSAGE, request_id, fields)
 
     def format(self, record: logging.LogRecord) -> str:
@@ -126,19 +135,37 @@ class JsonFormatter(LineFormatter):
             payload["exc_info"] = exc_text
         return json.dumps(payload, default=str, ensure_ascii=False)
 
+    _ACCESS_PREFIX = (
+        f'", "level": "INFO", "logger": "{ACCESS_LOGGER}", "message": "{ACCESS_MESSAGE}"'
+    )
+
     def render_access(
-        self, created: float, request_id: str | None, fields: Mapping[str, object]
+        self,
+        created: float,
+        request_id: str | None,
+        method: str,
+        path: str,
+        status: int,
+        duration_ms: float,
     ) -> str:
         # The same object `render` produces, assembled by hand because this line is
-        # written once per request: strings go through json.dumps, the rest are numbers.
-        method = json.dumps(fields["method"])
-        path = json.dumps(fields["path"], ensure_ascii=False)
+        # written once per request. Request ids (validated or generated), methods (HTTP
+        # tokens) and most paths need no escaping; anything else goes through json.dumps.
         return (
-            f'{{"ts": "{self._clock(created)}Z", "level": "INFO", "logger": "{ACCESS_LOGGER}", '
-            f'"message": "{ACCESS_MESSAGE}", "request_id": {json.dumps(request_id)}, '
-            f'"method": {method}, "path": {path}, '
-            f'"status": {fields["status"]:d}, "duration_ms": {fields["duration_ms"]!r}}}'
+            f'{{"ts": "{self._clock(created)}Z{self._ACCESS_PREFIX}, '
+            f'"request_id": {_json_string(request_id)}, "method": {_json_string(method)}, '
+            f'"path": {_json_string(path)}, "status": {status:d}, '
+            f'"duration_ms": {duration_ms!r}}}'
         )
+
+
+_PLAIN = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")  # printable ASCII but " and \
+
+
+def _json_string(value: str | None) -> str:
+    if value is None:
+        return "null"
+    return f'"{value}"' if _PLAIN.fullmatch(value) else dumps(value, ensure_ascii=False)
 
 
 class ConsoleFormatter(LineFormatter):
@@ -243,17 +270,20 @@ def _direct_access_handler() -> BufferedStderrHandler | None:
     return handler
 
 
-def log_access(method: str, path: str, status: int, duration_ms: float) -> None:
+def log_access(
+    request_id: str | None, method: str, path: str, status: int, duration_ms: float
+) -> None:
     """Write the access-log line for one request."""
     if not access_logger.isEnabledFor(logging.INFO):
         return
-    fields = {"method": method, "path": path, "status": status, "duration_ms": duration_ms}
     handler = _direct_access_handler()
     formatter = handler.formatter if handler is not None else None
     if handler is None or not isinstance(formatter, LineFormatter):
+        fields = {"method": method, "path": path, "status": status, "duration_ms": duration_ms}
         access_logger.info(ACCESS_MESSAGE, extra=fields)
         return
-    handler.write_line(formatter.render_access(time.time(), request_id_var.get(), fields))
+    line = formatter.render_access(time.time(), request_id, method, path, status, duration_ms)
+    handler.write_line(line)
 
 
 def setup_logging(level: str, fmt: Literal["console", "json"]) -> None:

@@ -86,24 +86,25 @@ def test_console_lines_are_readable() -> None:
     assert "[-] app.test.logging: disk low free_mb=12" in line
 
 
+@pytest.mark.parametrize(
+    "path", ["/things", '/quote"d', "/back\\slash", "/caf\u00e9 \u2603", "/tab\there", "/nul\u0000"]
+)
 def test_access_lines_are_the_same_on_the_direct_path_and_through_logging(
-    pipe_handler: tuple[BufferedStderrHandler, int],
+    pipe_handler: tuple[BufferedStderrHandler, int], path: str
 ) -> None:
     handler, read_fd = pipe_handler
     root = logging.getLogger()
     saved, saved_level = root.handlers[:], root.level
     root.handlers[:] = [handler]  # the production set-up: the app's handler alone
     root.setLevel(logging.INFO)
-    token = request_id_var.set("rid-direct")
     try:
-        log_access("GET", "/things", 200, 1.5)
+        log_access("rid-direct", "GET", path, 200, 1.5)
     finally:
-        request_id_var.reset(token)
         root.handlers[:] = saved
         root.setLevel(saved_level)
     handler.flush()
     (direct,) = read_lines(read_fd)
-    fields = {"method": "GET", "path": "/things", "status": 200, "duration_ms": 1.5}
+    fields = {"method": "GET", "path": path, "status": 200, "duration_ms": 1.5}
     token = request_id_var.set("rid-direct")
     try:
         expected = json.loads(

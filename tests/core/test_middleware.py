@@ -59,7 +59,6 @@ async def test_security_headers_are_on_every_response(client: AsyncClient) -> No
         response = await client.get(path)
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["x-frame-options"] == "DENY"
-        assert response.headers["referrer-policy"] == "no-referrer"
         assert "default-src 'none'" in response.headers["content-security-policy"]
         assert "strict-transport-security" not in response.headers
 

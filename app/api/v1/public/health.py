@@ -21,7 +21,7 @@ _LIVENESS_BODY = json.dumps({"status": "ok", "version": __version__}).encode()
 @router.get("", response_model=Liveness)
 async def liveness() -> Response:
     """Liveness: the process is up and serving. No I/O."""
-    return Response(_LIVENESS_BODY, media_type="application/json", headers=_NO_STORE)
+    return Response(_LIVENESS_BODY, media_type="application/json")
 
 
 @router.get(
