@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     DOCS_ENABLED: bool | None = None
 
     DATABASE_URL: str = "sqlite+aiosqlite:///./app.db"
-    DB_POOL_SIZE: int = Field(default=10, ge=1, le=1000)
+    DB_POOL_SIZE: int = Field(default=20, ge=1, le=1000)
     DB_MAX_OVERFLOW: int = Field(default=10, ge=0, le=1000)
     DB_POOL_TIMEOUT: float = Field(default=30.0, gt=0)
     DB_POOL_RECYCLE: int = Field(default=1800, ge=-1, le=86_400)
