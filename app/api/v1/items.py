@@ -19,6 +19,7 @@ from app.api.deps import (
     ReadSessionDep,
     SessionDep,
     SettingsDep,
+    get_current_user,
     job_owner,
 )
 from app.api.preconditions import IfMatch, etag
@@ -38,6 +39,8 @@ from app.services.items import ItemFilters, ItemScope
 router = APIRouter(prefix="/items", tags=["items"])
 limit_writes = rate_limit(scope="items:write")  # RATE_LIMIT_ITEM_WRITES
 limit_exports = rate_limit(scope="items:export")  # RATE_LIMIT_EXPORTS
+# Changes need an active account: a deactivated user gets 403 (creating uses CurrentUser).
+active_account = Depends(get_current_user)
 
 
 async def get_item_scope(principal: CurrentPrincipal) -> ItemScope:
@@ -72,7 +75,8 @@ def _read(item: Item) -> ItemRead:
 
 
 _LIMITED: dict[int | str, dict[str, Any]] = {
-    429: {"model": ErrorResponse, "description": "Rate limit exceeded."}
+    403: {"model": ErrorResponse, "description": "The account is deactivated."},
+    429: {"model": ErrorResponse, "description": "Rate limit exceeded."},
 }
 _DOWNLOAD: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {}}, "description": "The export."},
@@ -140,7 +144,7 @@ async def list_items(
     status_code=202,
     response_model=JobAccepted,
     responses=_ERRORS | _LIMITED | _QUEUE_DOWN,
-    dependencies=[limit_exports],
+    dependencies=[limit_exports, active_account],
 )
 async def export_items_csv(
     request: Request,
@@ -196,7 +200,7 @@ async def read_item(
     "/{item_id}",
     response_model=ItemRead,
     responses=_ERRORS | _PRECONDITION | _LIMITED,
-    dependencies=[limit_writes],
+    dependencies=[limit_writes, active_account],
 )
 async def update_item(
     item_id: uuid.UUID,
@@ -215,7 +219,7 @@ async def update_item(
     "/{item_id}",
     status_code=204,
     responses=_ERRORS | _PRECONDITION | _LIMITED,
-    dependencies=[limit_writes],
+    dependencies=[limit_writes, active_account],
 )
 async def delete_item(
     item_id: uuid.UUID, if_match: IfMatch, scope: ScopeDep, session: SessionDep, cache: CacheDep
@@ -229,7 +233,7 @@ async def delete_item(
     "/{item_id}/restore",
     response_model=ItemRead,
     responses=_ERRORS | _LIMITED,
-    dependencies=[limit_writes],
+    dependencies=[limit_writes, active_account],
 )
 async def restore_item(
     item_id: uuid.UUID, scope: ScopeDep, session: SessionDep, cache: CacheDep

@@ -18,6 +18,7 @@ from app.core.cache import Cache, create_redis
 from app.core.config import Settings
 from app.core.db import create_read_session_factory
 from app.models.item import Item
+from app.models.user import User
 from app.services import items as service
 from app.services.items import ItemScope
 from tests.support import CLOSED_PORT_URL, auth_headers, make_settings, running_app
@@ -533,3 +534,22 @@ async def test_item_writes_are_rate_limited(
         assert int(third.headers["retry-after"]) >= 1
         assert third.json()["error"]["code"] == "rate_limited"
         assert (await client.get(ITEMS, headers=headers)).status_code == 200
+
+
+async def test_a_deactivated_account_cannot_change_items(
+    client: AsyncClient, settings: Settings, db_engine: AsyncEngine
+) -> None:
+    headers = caller(settings, "leaver", "acme")
+    item = await create(client, headers)
+    url = f"{ITEMS}/{item['id']}"
+    async with db_engine.begin() as conn:
+        await conn.execute(
+            update(User).where(User.subject == "leaver").values(deleted_at=datetime.now(UTC))
+        )
+    assert (await client.patch(url, json={"title": "x"}, headers=headers)).status_code == 403
+    assert (await client.delete(url, headers=headers)).status_code == 403
+    assert (await client.post(f"{url}/restore", headers=headers)).status_code == 403
+    assert (await client.post(ITEMS, json={"title": "x"}, headers=headers)).status_code == 403
+    assert (await client.post(f"{ITEMS}/exports", json={}, headers=headers)).status_code == 403
+    colleague = caller(settings, "stayer", "acme")
+    assert (await client.get(url, headers=colleague)).json()["title"] == item["title"]
