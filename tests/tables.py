@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
@@ -29,6 +30,12 @@ class Trash(ScratchTable, SoftDeleteMixin, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     label: str
+
+
+async def count_notes(engine: AsyncEngine) -> int:
+    """How many notes are stored (rows a rolled-back request must not leave)."""
+    async with engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(Note))).scalar_one())
 
 
 @asynccontextmanager

@@ -2,7 +2,7 @@
 
 The client is built from `REDIS_URL` with short connect and read timeouts. When Redis
 is not configured, or is down, `Cache` calls behave as misses, log a warning (at most
-once per `_WARN_INTERVAL`), and for a short back-off skip Redis entirely, so an
+once per `WARN_INTERVAL`), and for a short back-off skip Redis entirely, so an
 outage costs neither errors nor a timeout on every request.
 
 Entries that mirror a versioned row go through `set_json_if_newer`: a write never
@@ -24,9 +24,32 @@ from app.core.config import Settings
 
 logger = logging.getLogger(__name__)
 
-_WARN_INTERVAL = 30.0
-_BACKOFF = 2.0
+WARN_INTERVAL = 30.0
+BACKOFF_SECONDS = 2.0
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+class RedisOutage:
+    """A Redis failure remembered for a short back-off, during which callers leave Redis
+    alone, so an outage costs neither a timeout per request nor a warning per request."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+        self._last_warning = -WARN_INTERVAL
+
+    @property
+    def ongoing(self) -> bool:
+        return time.monotonic() < self._until
+
+    def begin(self) -> bool:
+        """Start (or extend) the back-off; True when a warning is due (once per interval)."""
+        now = time.monotonic()
+        self._until = now + BACKOFF_SECONDS
+        if now - self._last_warning < WARN_INTERVAL:
+            return False
+        self._last_warning = now
+        return True
+
 
 # KEYS[1] entry; ARGV: JSON value, its version, TTL (ms). Stores unless the entry holds a
 # JSON object whose `version` is at least as new; returns 1 when stored.
@@ -65,18 +88,14 @@ class Cache:
         self.redis = redis
         self.prefix = prefix
         self._set_if_newer = redis.register_script(_SET_IF_NEWER) if redis is not None else None
-        self._skip_until = 0.0
-        self._last_warning = -_WARN_INTERVAL
+        self._outage = RedisOutage()
 
     @property
     def available(self) -> bool:
-        return self.redis is not None and time.monotonic() >= self._skip_until
+        return self.redis is not None and not self._outage.ongoing
 
     def _failed(self, operation: str, exc: BaseException) -> None:
-        now = time.monotonic()
-        self._skip_until = now + _BACKOFF
-        if now - self._last_warning >= _WARN_INTERVAL:
-            self._last_warning = now
+        if self._outage.begin():
             logger.warning("cache %s failed, treating as a miss: %s", operation, type(exc).__name__)
 
     async def get_json(self, key: str) -> Any | None:

@@ -28,9 +28,9 @@ from typing import Protocol
 from fastapi import Depends, Request
 from fastapi.params import Depends as DependsParam
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from starlette.types import Scope
 
+from app.core.cache import BACKOFF_SECONDS, REDIS_ERRORS, RedisOutage
 from app.core.exceptions import RateLimitError, ServiceUnavailableError
 from app.core.middleware import RESPONSE_HEADERS_KEY, set_response_header
 from app.core.rates import Rate, parse_rate
@@ -38,9 +38,6 @@ from app.core.security import OptionalPrincipal
 
 logger = logging.getLogger(__name__)
 
-_WARN_INTERVAL = 30.0
-_BACKOFF = 2.0
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 # KEYS[1] bucket; ARGV: now (ms), emission interval (ms), period (ms).
 # Returns {1, ms until the bucket is full again} or {0, ms until full, ms until allowed}.
@@ -120,21 +117,20 @@ class RateLimiter:
         self.trusted_proxies = tuple(trusted_proxies)
         self.prefix = prefix
         self._script = redis.register_script(_GCRA) if redis is not None else None
-        self._skip_until = 0.0
-        self._last_warning = -_WARN_INTERVAL
+        self._outage = RedisOutage()
 
     async def hit(
         self, key: str, rate: Rate, *, now: float | None = None
     ) -> RateLimitResult | None:
         """Count one request against `key`; None when Redis could not answer."""
-        if self._script is None or time.monotonic() < self._skip_until:
+        if self._script is None or self._outage.ongoing:
             return None
         now_ms = (time.time() if now is None else now) * 1000
         interval_ms = rate.period * 1000 / rate.count
         args = (f"{now_ms:.3f}", f"{interval_ms:.3f}", f"{rate.period * 1000:.3f}")
         try:
             allowed, full_in, retry_in = await self._script(keys=[self.prefix + key], args=args)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             return None
         used_ms = float(full_in)
@@ -144,10 +140,7 @@ class RateLimiter:
         return RateLimitResult(True, rate.count, max(0, remaining), used_ms / 1000, 0.0)
 
     def _failed(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self._skip_until = now + _BACKOFF
-        if now - self._last_warning >= _WARN_INTERVAL:
-            self._last_warning = now
+        if self._outage.begin():
             action = "allowing requests" if self.fail_open else "refusing limited routes"
             logger.warning("rate limiter cannot reach Redis (%s); %s", type(exc).__name__, action)
 
@@ -235,7 +228,7 @@ class RateLimit:
             if limiter.redis is not None and not limiter.fail_open:
                 raise ServiceUnavailableError(
                     "Rate limiting is unavailable; try again shortly.",
-                    headers={"Retry-After": str(math.ceil(_BACKOFF))},
+                    headers={"Retry-After": str(math.ceil(BACKOFF_SECONDS))},
                 )
             return
         _report(request.scope, result)

@@ -28,7 +28,7 @@ from arq.constants import (
 from arq.jobs import DeserializationError, JobDef, JobResult, deserialize_job, deserialize_result
 from redis.asyncio import Redis
 
-from app.core.cache import REDIS_ERRORS
+from app.core.cache import REDIS_ERRORS, RedisOutage
 from app.core.exceptions import ServiceUnavailableError
 from app.core.logging import request_id_var
 from app.jobs.serialization import JobError, job_deserializer, job_serializer
@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 META_KWARG = "_meta"
 UNAVAILABLE_MESSAGE = "Background jobs are unavailable right now; try again shortly."
 _CONFIRMED_FOR = 1.0
-_BACKOFF = 2.0
 _JOB_ID = re.compile(r"[A-Za-z0-9:._\-]{1,128}")
 
 
@@ -128,7 +127,7 @@ class JobQueue:
         self.redis = redis
         self.queue_name = queue_name
         self._confirmed_until = 0.0
-        self._down_until = 0.0
+        self._outage = RedisOutage()
 
     @classmethod
     def over(cls, redis: Redis, *, queue_name: str) -> JobQueue:
@@ -167,13 +166,14 @@ class JobQueue:
         now = time.monotonic()
         if now < self._confirmed_until:
             return
-        if now < self._down_until:
+        if self._outage.ongoing:
             raise ServiceUnavailableError(UNAVAILABLE_MESSAGE)
         try:
             await self.redis.ping()
         except REDIS_ERRORS as exc:
-            self._down_until = time.monotonic() + _BACKOFF
-            logger.warning("job queue unavailable: Redis did not answer (%s)", type(exc).__name__)
+            if self._outage.begin():
+                reason = type(exc).__name__
+                logger.warning("job queue unavailable: Redis did not answer (%s)", reason)
             raise ServiceUnavailableError(UNAVAILABLE_MESSAGE) from None
         self._confirmed_until = time.monotonic() + _CONFIRMED_FOR
 
@@ -193,7 +193,7 @@ class JobQueue:
         try:
             await self.send(job)
         except REDIS_ERRORS as exc:
-            self._down_until = time.monotonic() + _BACKOFF
+            self._outage.begin()  # the error below names the job, so it is always logged
             logger.error(
                 "job %s (%s) was committed but could not be queued: %s",
                 job.id,

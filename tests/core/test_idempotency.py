@@ -10,7 +10,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from httpx import AsyncClient
 from pydantic import BaseModel
-from sqlalchemy import event, func, select
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
@@ -18,7 +18,7 @@ from app.core.db import SessionDep
 from app.core.idempotency import IdempotencyDep
 from app.main import create_app
 from tests.support import auth_headers, make_settings, running_app
-from tests.tables import Note
+from tests.tables import Note, count_notes
 
 router = APIRouter(prefix="/test-idempotency")
 NOTES = "/test-idempotency/notes"
@@ -61,11 +61,6 @@ async def client_for(
     app.include_router(router)
     async with running_app(settings, app) as pair:
         yield pair
-
-
-async def count_notes(engine: AsyncEngine) -> int:
-    async with engine.connect() as conn:
-        return int((await conn.execute(select(func.count()).select_from(Note))).scalar_one())
 
 
 async def test_a_failed_commit_releases_the_key_for_the_retry(

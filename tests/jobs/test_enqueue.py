@@ -13,7 +13,6 @@ from fastapi import APIRouter, FastAPI, Request
 from httpx import AsyncClient
 from pydantic import BaseModel
 from redis.asyncio import Redis
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.cache import create_redis
@@ -26,7 +25,7 @@ from app.jobs.registry import JobContext, PermanentJobError, job
 from app.main import create_app
 from tests.jobs.conftest import job_settings, run_worker
 from tests.support import CLOSED_PORT_URL, running_app
-from tests.tables import Note
+from tests.tables import Note, count_notes
 
 logger = logging.getLogger("tests.jobs.notes")
 router = APIRouter(prefix="/test-jobs")
@@ -82,11 +81,6 @@ async def client_for(settings: Settings) -> AsyncIterator[tuple[FastAPI, AsyncCl
     app.include_router(router)
     async with running_app(settings, app) as pair:
         yield pair
-
-
-async def count_notes(engine: AsyncEngine) -> int:
-    async with engine.connect() as conn:
-        return int((await conn.execute(select(func.count()).select_from(Note))).scalar_one())
 
 
 async def queued_count(settings: Settings) -> int:
