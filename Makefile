@@ -31,7 +31,7 @@ install: venv ## Install the locked dependencies (app + dev tools) into .venv
 	@$(UV) sync --frozen --quiet
 
 dev: install migrate ## Install, migrate and serve the API with reload on 127.0.0.1:8000 (SQLite default)
-	$(RUN) uvicorn app.main:app --reload --host $(HOST) --port $(PORT) --no-access-log
+	$(RUN) uvicorn app.main:app --reload --host $(HOST) --port $(PORT) --no-access-log --no-proxy-headers
 
 # arq's own --watch restarts the worker loop without re-importing code; watchfiles
 # restarts the process, so edits to jobs take effect.

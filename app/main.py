@@ -19,7 +19,7 @@ from app import __version__
 from app.api import well_known
 from app.api.v1.router import ROUTERS
 from app.core.auth_providers import ProviderConfig, provider_config
-from app.core.cache import REDIS_ERRORS, Cache, create_redis
+from app.core.cache import REDIS_ERRORS, Cache, RedisBreaker, create_redis
 from app.core.config import Settings, get_settings
 from app.core.db import (
     SessionFactory,
@@ -32,6 +32,7 @@ from app.core.health import ReadinessProbe
 from app.core.logging import setup_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.pagination import CursorCodec
+from app.core.proxies import TrustedProxies
 from app.core.ratelimit import RateLimiter
 from app.core.security import TokenVerifier
 from app.jobs.queue import JobQueue
@@ -83,25 +84,31 @@ def _lifespan(
             resources.push_async_callback(verifier.aclose)
             verifier.start()  # the first JWKS fetch runs in the background
             await _check_redis(redis, settings.HEALTH_CHECK_TIMEOUT)
+            # One breaker for every Redis user: a failure seen by one skips Redis for all.
+            breaker = RedisBreaker(settings.REDIS_SOCKET_TIMEOUT)
             yield AppState(
                 engine=engine,
                 session_factory=create_session_factory(engine),
                 read_session_factory=create_read_session_factory(engine),
                 redis=redis,
-                cache=Cache(redis),
+                cache=Cache(redis, breaker=breaker),
                 readiness=ReadinessProbe(
                     engine,
                     redis,
                     timeout=settings.HEALTH_CHECK_TIMEOUT,
                     requires_redis=settings.READINESS_REQUIRES_REDIS,
                 ),
-                jobs=JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME) if redis else None,
+                jobs=(
+                    JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME, breaker=breaker)
+                    if redis
+                    else None
+                ),
                 rate_limiter=RateLimiter(
                     redis,
                     default=settings.rate_limit_default,
                     named=settings.named_rate_limits,
                     fail_open=settings.RATE_LIMIT_FAIL_OPEN,
-                    trusted_proxies=settings.TRUSTED_PROXIES,
+                    breaker=breaker,
                 ),
                 verifier=verifier,
             )
@@ -152,6 +159,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware,
         hsts=settings.is_production,
         docs_paths=("/docs", "/redoc", "/docs/oauth2-redirect") if docs else (),
+        max_body_bytes=settings.MAX_REQUEST_BODY_BYTES,
+        trusted_proxies=TrustedProxies(settings.TRUSTED_PROXIES)
+        if settings.TRUSTED_PROXIES
+        else None,
+        cors_origins=tuple(settings.BACKEND_CORS_ORIGINS),
     )
     return app
 

@@ -18,6 +18,7 @@ from sqlmodel import SQLModel
 from app.core.config import Settings
 from app.core.db import create_engine, init_db
 from tests.support import (
+    TEST_POSTGRES_URL,
     TEST_REDIS_URL,
     make_settings,
     require_service,
@@ -34,6 +35,29 @@ async def database_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
         await init_db(engine)
         await engine.dispose()
         yield url
+
+
+@pytest.fixture(scope="session")
+async def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A PostgreSQL database with the app's tables whatever the suite's backend, for the
+    tests only PostgreSQL can run (fault injection, row locks); from TEST_POSTGRES_URL."""
+    server = require_service("TEST_POSTGRES_URL", TEST_POSTGRES_URL)
+    async with temporary_database(tmp_path_factory.mktemp("pg"), server) as url:
+        engine = create_engine(make_settings(url))
+        await init_db(engine)
+        await engine.dispose()
+        yield url
+
+
+@pytest.fixture
+async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on `postgres_url`, its tables emptied after the test."""
+    engine = create_engine(make_settings(postgres_url))
+    yield engine
+    async with engine.begin() as conn:
+        for table in reversed(SQLModel.metadata.sorted_tables):
+            await conn.execute(table.delete())
+    await engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,11 @@ from app.main import create_app
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
+# A PostgreSQL server for the tests that need one whatever the suite's backend (fault
+# injection): TEST_POSTGRES_URL, else TEST_DATABASE_URL when that is PostgreSQL.
+TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "") or (
+    TEST_DATABASE_URL if TEST_DATABASE_URL.startswith("postgres") else ""
+)
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "")
 # A loopback port nothing listens on: connections are refused at once.
 CLOSED_PORT_URL = "127.0.0.1:9"
@@ -159,13 +164,15 @@ def assert_unauthorized(
 
 
 @asynccontextmanager
-async def temporary_database(tmp_dir: Path) -> AsyncIterator[str]:
-    """A new, empty database on the suite's backend, dropped afterwards."""
-    if not TEST_DATABASE_URL:
+async def temporary_database(
+    tmp_dir: Path, server_url: str = TEST_DATABASE_URL
+) -> AsyncIterator[str]:
+    """A new, empty database on the suite's backend (or on `server_url`), dropped afterwards."""
+    if not server_url:
         path = tmp_dir / f"{uuid.uuid4().hex}.db"
         yield f"sqlite+aiosqlite:///{path}"
         return
-    server = make_url(normalise_database_url(TEST_DATABASE_URL))
+    server = make_url(normalise_database_url(server_url))
     name = f"test_{uuid.uuid4().hex[:12]}"
     admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
     try:

@@ -105,13 +105,16 @@ class Settings(BaseSettings):
     LOG_FORMAT: Literal["console", "json"] | None = None
     SECRET_KEY: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
     API_V1_STR: str = "/api/v1"
+    MAX_REQUEST_BODY_BYTES: int = Field(default=1_048_576, ge=1024, le=1 << 34)
     BACKEND_CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     DOCS_ENABLED: bool | None = None
 
     DATABASE_URL: str = "sqlite+aiosqlite:///./app.db"
     DB_POOL_SIZE: int = Field(default=20, ge=1, le=1000)
     DB_MAX_OVERFLOW: int = Field(default=10, ge=0, le=1000)
-    DB_POOL_TIMEOUT: float = Field(default=30.0, gt=0)
+    DB_POOL_TIMEOUT: float = Field(default=10.0, gt=0, le=300)
+    DB_CONNECT_TIMEOUT: float = Field(default=5.0, gt=0, le=300)
+    DB_COMMAND_TIMEOUT: float = Field(default=15.0, gt=0, le=86_400)
     DB_POOL_RECYCLE: int = Field(default=1800, ge=-1, le=86_400)
     DB_POOL_PRE_PING: bool = False
     DB_USE_NULL_POOL: bool = False
@@ -134,6 +137,7 @@ class Settings(BaseSettings):
     RATE_LIMIT_DEFAULT: str = "100/minute"
     RATE_LIMIT_ITEM_WRITES: str = "60/minute"
     RATE_LIMIT_EXPORTS: str = "5/minute"
+    RATE_LIMIT_AUTH_FAILURES: str = "30/minute"
     RATE_LIMIT_FAIL_OPEN: bool = True
     TRUSTED_PROXIES: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
 
@@ -202,7 +206,12 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("RATE_LIMIT_DEFAULT", "RATE_LIMIT_ITEM_WRITES", "RATE_LIMIT_EXPORTS")
+    @field_validator(
+        "RATE_LIMIT_DEFAULT",
+        "RATE_LIMIT_ITEM_WRITES",
+        "RATE_LIMIT_EXPORTS",
+        "RATE_LIMIT_AUTH_FAILURES",
+    )
     @classmethod
     def _check_rate(cls, value: str) -> str:
         parse_rate(value)  # raises ValueError with the accepted forms
@@ -346,6 +355,7 @@ class Settings(BaseSettings):
         return {
             "items:write": parse_rate(self.RATE_LIMIT_ITEM_WRITES),
             "items:export": parse_rate(self.RATE_LIMIT_EXPORTS),
+            "auth:failures": parse_rate(self.RATE_LIMIT_AUTH_FAILURES),
         }
 
     @property

@@ -65,9 +65,18 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
             "pool_recycle": settings.DB_POOL_RECYCLE,
             "pool_pre_ping": settings.DB_POOL_PRE_PING,
         }
-    if not settings.is_sqlite and settings.DB_USE_NULL_POOL:
-        # pgbouncer in transaction mode cannot keep server-side prepared statements.
-        options["connect_args"] = {"statement_cache_size": 0}
+    if not settings.is_sqlite:
+        # Every wait on the server is bounded, so an unreachable or partitioned database
+        # costs a 503 after seconds, not a request hanging for as long as the outage.
+        # On a timeout asyncpg also asks the server to cancel the query.
+        connect_args: dict[str, Any] = {
+            "timeout": settings.DB_CONNECT_TIMEOUT,
+            "command_timeout": settings.DB_COMMAND_TIMEOUT,
+        }
+        if settings.DB_USE_NULL_POOL:
+            # pgbouncer in transaction mode cannot keep server-side prepared statements.
+            connect_args["statement_cache_size"] = 0
+        options["connect_args"] = connect_args
     return options
 
 

@@ -10,18 +10,26 @@ same shape: their text and traceback go to the log, never to the client.
 
 from __future__ import annotations
 
+import errno
 import logging
+import re
+import socket
+import sqlite3
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar, cast
+from weakref import WeakKeyDictionary
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, compile_path
 
 from app.core.logging import request_id_var
 
@@ -148,8 +156,61 @@ async def _app_error_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
 
 
+_RouteIndex = list[tuple[re.Pattern[str], str, frozenset[str], BaseRoute]]
+_route_indexes: WeakKeyDictionary[FastAPI, tuple[int, _RouteIndex]] = WeakKeyDictionary()
+
+
+def _route_index(app: FastAPI) -> _RouteIndex:
+    """(path pattern, path template, methods, route) of every route, built on the first 405
+    after the app's routes last changed (included routers are nested; this flattens)."""
+    version = len(app.routes)
+    cached = _route_indexes.get(app)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    index = [
+        (
+            compile_path(context.path)[0],
+            context.path,
+            frozenset(context.methods),
+            context.original_route,
+        )
+        for context in iter_route_contexts(app.routes)
+        if context.path is not None and context.methods
+    ]
+    _route_indexes[app] = (version, index)
+    return index
+
+
+def _allowed_methods(request: Request, besides: object = None) -> str:
+    """Every method some route serves at this path (Starlette names only the first
+    matching route's), leaving out routes with the same path template as `besides`."""
+    index = _route_index(request.app)
+    excluded = {template for _, template, _, route in index if route is besides}
+    path = get_route_path(request.scope)
+    methods: set[str] = set()
+    for pattern, template, route_methods, _ in index:
+        if template not in excluded and pattern.match(path):
+            methods |= route_methods
+    return ", ".join(sorted(methods))
+
+
+def _method_not_allowed(request: Request, allow: str) -> JSONResponse:
+    message = f"Method {request.method} is not allowed on this path."
+    return error_response(405, "method_not_allowed", message, headers={"Allow": allow})
+
+
+def _undecodable_body(exc: StarletteHTTPException) -> bool:
+    """FastAPI's 400 for a JSON body that is not UTF-8 (its 422 covers malformed JSON)."""
+    return exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError)
+
+
 async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     exc = cast(StarletteHTTPException, exc)
+    if exc.status_code == 405:
+        return _method_not_allowed(request, _allowed_methods(request))
+    if _undecodable_body(exc):
+        detail = {"loc": ["body"], "message": "The body is not UTF-8.", "type": "json_invalid"}
+        return error_response(422, "validation_error", "The request is invalid.", [detail])
     status = exc.status_code
     code = _HTTP_CODES.get(status, "http_error" if status < 500 else "internal_error")
     try:
@@ -159,8 +220,6 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     message = exc.detail if isinstance(exc.detail, str) else default
     if status == 404 and message == "Not Found":
         message = "No route matches this path."
-    elif status == 405 and message == "Method Not Allowed":
-        message = f"Method {request.method} is not allowed on this path."
     return error_response(status, code, message, headers=exc.headers)
 
 
@@ -178,24 +237,64 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 async def _request_validation_handler(request: Request, exc: Exception) -> JSONResponse:
     exc = cast(RequestValidationError, exc)
+    if any(error.get("loc", ("",))[0] == "path" for error in exc.errors()):
+        # `/items/exports` matched `/items/{item_id}` only because the method was not one
+        # `/items/exports` serves: a path naming another route is that route, so 405.
+        allow = _allowed_methods(request, besides=request.scope.get("route"))
+        if allow:
+            return _method_not_allowed(request, allow)
     return error_response(
         422, "validation_error", "The request is invalid.", _validation_details(exc)
     )
 
 
+# SQLSTATE codes (and classes) meaning the database cannot serve the request right now,
+# though a retry shortly may succeed: connection failures (08), out of resources (53:
+# too many connections, ...), operator intervention (57P01-57P05: shutting down,
+# starting up, ...), a statement cancelled by a timeout (57014) or a lock wait that
+# timed out (55P03).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53")
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "57014", "55P03"})
+# Network failures that mean "no route to the server right now".
+_UNREACHABLE_ERRNOS = frozenset(
+    {errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH,
+     errno.ETIMEDOUT, errno.ECONNABORTED, errno.EPIPE}
+)  # fmt: skip
+
+
+def _sqlstate(exc: DBAPIError) -> str:
+    for error in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return ""
+
+
+def _is_unreachable(exc: OSError) -> bool:
+    return isinstance(exc, (ConnectionError, socket.gaierror)) or exc.errno in _UNREACHABLE_ERRNOS
+
+
 def _is_database_unavailable(exc: Exception) -> bool:
-    """A failure of the connection to the database, not of the query: the database is
-    down, restarting or unreachable, a pooled connection died, or the pool is exhausted.
-    The request's transaction did not commit, so the client may safely retry."""
+    """A failure to reach the database, not of the query: the server is down, starting
+    up, out of connections or unreachable, a pooled connection died, the pool is
+    exhausted, or a wait on the server timed out. The request's transaction did not
+    commit, so the client may safely retry."""
     if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated
-    return isinstance(exc, (PoolTimeoutError, ConnectionError))
+        if exc.connection_invalidated:
+            return True
+        if isinstance(exc.orig, sqlite3.OperationalError):
+            return "locked" in str(exc.orig) or "busy" in str(exc.orig)
+        code = _sqlstate(exc)
+        return code.startswith(_UNAVAILABLE_SQLSTATE_CLASSES) or code in _UNAVAILABLE_SQLSTATES
+    if isinstance(exc, OSError):
+        return _is_unreachable(exc)
+    return isinstance(exc, (PoolTimeoutError, TimeoutError))
 
 
 async def _database_error_handler(request: Request, exc: Exception) -> JSONResponse:
     where = f"{request.method} {request.url.path}"
     if not _is_database_unavailable(exc):
-        logger.error("unhandled database error on %s", where, exc_info=exc)
+        logger.error("unhandled error on %s", where, exc_info=exc)
         return error_response(500, AppError.code, AppError.default_message)
     logger.warning("database unavailable on %s: %s", where, type(exc).__name__, exc_info=exc)
     return error_response(
@@ -206,9 +305,22 @@ async def _database_error_handler(request: Request, exc: Exception) -> JSONRespo
     )
 
 
+async def _timeout_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A bounded wait ran out (a statement, a connection attempt, an upstream call):
+    nothing was committed, so the client may retry."""
+    logger.warning("timed out on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(
+        503,
+        ServiceUnavailableError.code,
+        "A service this request needs did not answer in time; try again shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
 def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_exception_handler(RequestValidationError, _request_validation_handler)
-    for error in (DBAPIError, PoolTimeoutError, ConnectionError):
+    for error in (DBAPIError, PoolTimeoutError, OSError):
         app.add_exception_handler(error, _database_error_handler)
+    app.add_exception_handler(TimeoutError, _timeout_handler)

@@ -35,16 +35,45 @@ class ReadinessReport:
     components: dict[str, ComponentReport] = field(default_factory=dict)
 
 
-async def _timed(check: Callable[[], Awaitable[object]], timeout: float) -> ComponentReport:
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(timeout):
-            await check()
-    except TimeoutError:
-        return ComponentReport("down", error=f"timed out after {timeout:g}s")
-    except Exception as exc:  # any failure means "down"; only the class name is exposed
-        return ComponentReport("down", error=type(exc).__name__)
-    return ComponentReport("up", latency_ms=round((time.perf_counter() - started) * 1000, 2))
+class _Check:
+    """One component's check, bounded in time however long its clean-up takes.
+
+    A check that overruns is cancelled and left to unwind in the background (closing a
+    connection to a partitioned server can take as long again), and the next probes
+    report the component down at once while it does, so dead sockets never pile up.
+    """
+
+    def __init__(self, check: Callable[[], Awaitable[object]]) -> None:
+        self.check = check
+        self._abandoned: asyncio.Task[object] | None = None
+
+    async def run(self, timeout: float) -> ComponentReport:
+        if self._abandoned is not None:
+            return ComponentReport("down", error="the previous check has not finished")
+        started = time.perf_counter()
+        task: asyncio.Task[object] = asyncio.ensure_future(self.check())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            self._abandon(task)
+            return ComponentReport("down", error=f"timed out after {timeout:g}s")
+        failure = task.exception()
+        if failure is not None:  # any failure means "down"; only its class name is shown
+            return ComponentReport("down", error=type(failure).__name__)
+        return ComponentReport("up", latency_ms=round((time.perf_counter() - started) * 1000, 2))
+
+    def _abandon(self, task: asyncio.Task[object]) -> None:
+        self._abandoned = task
+        task.cancel()
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[object]) -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved
+        self._abandoned = None
 
 
 class ReadinessProbe:
@@ -58,6 +87,8 @@ class ReadinessProbe:
     ) -> None:
         self.engine = engine
         self.redis = redis
+        self._database = _Check(self._ping_database)
+        self._redis = _Check(redis.ping) if redis is not None else None
         self.timeout = timeout
         self.requires_redis = requires_redis
         self._report: ReadinessReport | None = None
@@ -70,13 +101,11 @@ class ReadinessProbe:
 
     async def _run(self) -> ReadinessReport:
         redis_check: Awaitable[ComponentReport]
-        if self.redis is None:
+        if self._redis is None:
             redis_check = asyncio.sleep(0, ComponentReport("disabled"))
         else:
-            redis_check = _timed(self.redis.ping, self.timeout)
-        database, redis = await asyncio.gather(
-            _timed(self._ping_database, self.timeout), redis_check
-        )
+            redis_check = self._redis.run(self.timeout)
+        database, redis = await asyncio.gather(self._database.run(self.timeout), redis_check)
         if database.status != "up" or (self.requires_redis and redis.status != "up"):
             status: OverallStatus = "unavailable"
         elif redis.status == "down":

@@ -7,10 +7,17 @@ each ASGI layer costs a call and a wrapped `send` on every request:
   in a context variable for logs and echoes it on every response, errors included;
 * security headers on every response;
 * one structured access-log line per request;
+* the real client address and scheme behind trusted proxies (`TrustedProxies`);
+* a request body limit, enforced while the body streams in, before anything parses it
+  or authenticates the caller: a declared `Content-Length` over the limit is refused
+  before a byte is read, and a chunked body as soon as it crosses the limit (413 in the
+  standard shape). A route may allow more, or less, with FastAPI's own
+  `max_body_size=` route parameter;
 * headers a dependency asked for with `set_response_header` (rate-limit headers, say),
   added to whatever response the request ends with, errors included;
 * a last-resort 500 in the standard error shape for exceptions nothing else handled
-  (the traceback is logged with the request id, never sent).
+  (the traceback is logged with the request id, never sent), with CORS headers for an
+  allowed origin, so a browser shows its body and request id to the front-end.
 """
 
 from __future__ import annotations
@@ -22,10 +29,12 @@ import random
 import re
 import time
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.exceptions import error_body
 from app.core.logging import log_access, request_id_var
+from app.core.proxies import TrustedProxies
 
 error_logger = logging.getLogger("app.errors")
 
@@ -69,13 +78,65 @@ def set_response_header(scope: Scope, name: bytes, value: bytes) -> None:
     headers[name] = value
 
 
+class BodyTooLargeError(HTTPException):
+    """The request body is over the limit (rendered as a 413 by the HTTP error handler)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"The request body is larger than {limit} bytes.")
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def _limited(receive: Receive, scope: Scope, default: int) -> Receive:
+    """`receive`, refusing a body larger than the route's `max_body_size` or `default`.
+    The route is known by the first read: routing happens before the body is parsed."""
+    limit = -1
+    received = 0
+
+    async def receive_with_limit() -> Message:
+        nonlocal limit, received
+        if limit < 0:
+            route_limit = getattr(scope.get("route"), "max_body_size", None)
+            limit = default if route_limit is None else route_limit
+            declared = _declared_length(scope)
+            if declared is not None and declared > limit:
+                raise BodyTooLargeError(limit)
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLargeError(limit)
+        return message
+
+    return receive_with_limit
+
+
+_BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class RequestContextMiddleware:
-    """Request id, security headers, access log and last-resort error rendering."""
+    """Request id, client address, body limit, security headers, access log and
+    last-resort error rendering."""
 
     def __init__(
-        self, app: ASGIApp, *, hsts: bool = False, docs_paths: tuple[str, ...] = ()
+        self,
+        app: ASGIApp,
+        *,
+        hsts: bool = False,
+        docs_paths: tuple[str, ...] = (),
+        max_body_bytes: int = 1 << 20,
+        trusted_proxies: TrustedProxies | None = None,
+        cors_origins: tuple[str, ...] = (),
     ) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.trusted_proxies = trusted_proxies
+        self.cors_origins = frozenset(cors_origins)
         self.docs_paths = frozenset(docs_paths)
         # Built once: the API's responses get a strict CSP; the docs pages (which load
         # Swagger UI / ReDoc assets) get the other headers only.
@@ -88,6 +149,10 @@ class RequestContextMiddleware:
             return
         request_id = _incoming_request_id(scope) or new_request_id()
         token = request_id_var.set(request_id)
+        if self.trusted_proxies is not None:
+            self.trusted_proxies.apply(scope)
+        if scope["method"] not in _BODILESS_METHODS:
+            receive = _limited(receive, scope, self.max_body_bytes)
         # Shared by reference, so it survives layers that copy the scope dict.
         added_headers: dict[bytes, bytes] = {}
         scope[RESPONSE_HEADERS_KEY] = added_headers
@@ -116,7 +181,7 @@ class RequestContextMiddleware:
             error_logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if response_started:  # too late for an error body; let the server drop the connection
                 raise
-            await _send_internal_error(send_with_headers, request_id)
+            await _send_internal_error(send_with_headers, request_id, self._cors_headers(scope))
         finally:
             log_access(
                 request_id,
@@ -127,8 +192,28 @@ class RequestContextMiddleware:
             )
             request_id_var.reset(token)
 
+    def _cors_headers(self, scope: Scope) -> Headers:
+        """What CORSMiddleware would have added for this request's origin, had the
+        exception not bypassed it."""
+        if not self.cors_origins:
+            return ()
+        origin = next((value for name, value in scope["headers"] if name == b"origin"), None)
+        if origin is None:
+            return ()
+        expose = (b"access-control-expose-headers", b"X-Request-ID")
+        if "*" in self.cors_origins:
+            return ((b"access-control-allow-origin", b"*"), expose)
+        if origin.decode("latin-1") not in self.cors_origins:
+            return ()
+        return (
+            (b"access-control-allow-origin", origin),
+            (b"access-control-allow-credentials", b"true"),
+            expose,
+            (b"vary", b"Origin"),
+        )
 
-async def _send_internal_error(send: Send, request_id: str) -> None:
+
+async def _send_internal_error(send: Send, request_id: str, extra_headers: Headers) -> None:
     body = json.dumps(
         error_body("internal_error", "Internal server error.", request_id=request_id)
     ).encode()
@@ -139,6 +224,7 @@ async def _send_internal_error(send: Send, request_id: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *extra_headers,
             ],
         }
     )

@@ -20,9 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Protocol
 
 from fastapi import Depends, Request
@@ -30,13 +29,15 @@ from fastapi.params import Depends as DependsParam
 from redis.asyncio import Redis
 from starlette.types import Scope
 
-from app.core.cache import BACKOFF_SECONDS, REDIS_ERRORS, RedisOutage
+from app.core.cache import REDIS_ERRORS, RedisBreaker
 from app.core.exceptions import RateLimitError, ServiceUnavailableError
 from app.core.middleware import RESPONSE_HEADERS_KEY, set_response_header
 from app.core.rates import Rate, parse_rate
 from app.core.security import OptionalPrincipal
 
 logger = logging.getLogger(__name__)
+# The budget of refused tokens per client address (RATE_LIMIT_AUTH_FAILURES).
+AUTH_FAILURES_SCOPE = "auth:failures"
 
 
 # KEYS[1] bucket; ARGV: now (ms), emission interval (ms), period (ms).
@@ -83,20 +84,6 @@ class RateLimitResult:
         }
 
 
-Network = IPv4Network | IPv6Network
-Address = IPv4Address | IPv6Address
-
-
-def _parse_ip(text: str) -> Address | None:
-    try:
-        address = ip_address(text.strip())
-    except ValueError:
-        return None
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
 class RateLimiter:
     """The limiter the lifespan builds: one Redis script and the client-address rules."""
 
@@ -107,29 +94,32 @@ class RateLimiter:
         default: Rate,
         named: Mapping[str, Rate] | None = None,
         fail_open: bool = True,
-        trusted_proxies: Sequence[Network] = (),
+        breaker: RedisBreaker | None = None,
         prefix: str = "ratelimit:",
     ) -> None:
         self.redis = redis
         self.default = default
         self.named = dict(named or {})
         self.fail_open = fail_open
-        self.trusted_proxies = tuple(trusted_proxies)
+        self.breaker = breaker or RedisBreaker.for_client(redis)
         self.prefix = prefix
         self._script = redis.register_script(_GCRA) if redis is not None else None
-        self._outage = RedisOutage()
 
     async def hit(
         self, key: str, rate: Rate, *, now: float | None = None
     ) -> RateLimitResult | None:
         """Count one request against `key`; None when Redis could not answer."""
-        if self._script is None or self._outage.ongoing:
+        script = self._script
+        if script is None:
             return None
         now_ms = (time.time() if now is None else now) * 1000
         interval_ms = rate.period * 1000 / rate.count
         args = (f"{now_ms:.3f}", f"{interval_ms:.3f}", f"{rate.period * 1000:.3f}")
+        keys = [self.prefix + key]
         try:
-            allowed, full_in, retry_in = await self._script(keys=[self.prefix + key], args=args)
+            allowed, full_in, retry_in = await self.breaker.call(
+                lambda: script(keys=keys, args=args)
+            )
         except REDIS_ERRORS as exc:
             self._failed(exc)
             return None
@@ -140,31 +130,25 @@ class RateLimiter:
         return RateLimitResult(True, rate.count, max(0, remaining), used_ms / 1000, 0.0)
 
     def _failed(self, exc: BaseException) -> None:
-        if self._outage.begin():
+        if self.breaker.warning_due("ratelimit"):
             action = "allowing requests" if self.fail_open else "refusing limited routes"
             logger.warning("rate limiter cannot reach Redis (%s); %s", type(exc).__name__, action)
 
-    def _is_trusted(self, address: Address) -> bool:
-        return any(address in network for network in self.trusted_proxies)
-
     def client_ip(self, scope: Scope) -> str:
-        """The caller's address: the peer, or, when the peer is a trusted proxy, the
-        right-most `X-Forwarded-For` entry that is not itself a trusted proxy."""
+        """The caller's address (`TrustedProxies` already resolved it from proxy headers)."""
         client = scope.get("client")
-        peer = _parse_ip(client[0]) if client else None
-        if peer is None:
-            return client[0] if client else "unknown"
-        if not self.trusted_proxies or not self._is_trusted(peer):
-            return str(peer)
-        nearest = peer
-        for hop in reversed(_forwarded_for(scope)):
-            address = _parse_ip(hop)
-            if address is None:
-                break
-            nearest = address
-            if not self._is_trusted(address):
-                break
-        return str(nearest)
+        return str(client[0]) if client else "unknown"
+
+    async def refuse_repeated_failures(self, scope: Scope) -> None:
+        """Count a refused token against the client's address; past
+        RATE_LIMIT_AUTH_FAILURES, raise `RateLimitError` (429) instead of another 401, so
+        a flood of bad tokens is limited like any other traffic."""
+        rate = self.named.get(AUTH_FAILURES_SCOPE)
+        if rate is None:
+            return
+        result = await self.hit(f"{AUTH_FAILURES_SCOPE}:ip:{self.client_ip(scope)}", rate)
+        if result is not None and not result.allowed:
+            raise _over_limit(rate, result)
 
     def identity(self, scope: Scope, principal: PrincipalLike | None) -> str:
         """Who a request counts against: the principal when authenticated, else the IP."""
@@ -173,12 +157,13 @@ class RateLimiter:
         return f"ip:{self.client_ip(scope)}"
 
 
-def _forwarded_for(scope: Scope) -> list[str]:
-    hops: list[str] = []
-    for name, value in scope["headers"]:
-        if name == b"x-forwarded-for":
-            hops.extend(value.decode("latin-1").split(","))
-    return hops
+def _over_limit(rate: Rate, result: RateLimitResult) -> RateLimitError:
+    retry_after = str(max(1, math.ceil(result.retry_after)))
+    return RateLimitError(
+        f"Rate limit of {rate.count} per {rate.period:g}s exceeded; retry in {retry_after}s.",
+        details={"limit": rate.count, "period_seconds": rate.period},
+        headers={"Retry-After": retry_after},
+    )
 
 
 def _report(scope: Scope, result: RateLimitResult) -> None:
@@ -228,18 +213,12 @@ class RateLimit:
             if limiter.redis is not None and not limiter.fail_open:
                 raise ServiceUnavailableError(
                     "Rate limiting is unavailable; try again shortly.",
-                    headers={"Retry-After": str(math.ceil(BACKOFF_SECONDS))},
+                    headers={"Retry-After": str(math.ceil(limiter.breaker.backoff))},
                 )
             return
         _report(request.scope, result)
         if not result.allowed:
-            retry_after = str(max(1, math.ceil(result.retry_after)))
-            raise RateLimitError(
-                f"Rate limit of {rate.count} per {rate.period:g}s exceeded; "
-                f"retry in {retry_after}s.",
-                details={"limit": rate.count, "period_seconds": rate.period},
-                headers={"Retry-After": retry_after},
-            )
+            raise _over_limit(rate, result)
 
 
 def rate_limit(rate: str | Rate | None = None, *, scope: str | None = None) -> DependsParam:

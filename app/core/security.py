@@ -315,7 +315,11 @@ async def get_optional_principal(
     token = credentials.credentials if credentials else verifier.token_from_cookie(request)
     if not token:
         return None
-    principal = await verifier.verify(token)
+    try:
+        principal = await verifier.verify(token)
+    except AuthenticationError:
+        await request.state.rate_limiter.refuse_repeated_failures(request.scope)
+        raise
     request.state.principal = principal
     return principal
 

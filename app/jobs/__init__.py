@@ -2,8 +2,10 @@
 
 * `registry.py`: `@job` and `JobContext`, the shape of a job function;
 * `enqueue.py`: `JobsDep`, enqueueing from a request (sent after the commit);
+* `outbox.py`: the outbox that keeps committed jobs until sent, its relay, and
+  `job_info_for` (a job's state, `queued` while it waits there);
 * `queue.py`: `JobQueue`, sending jobs and reading their state (`info`, `info_for`);
-* `worker.py`: `WorkerSettings` and the list of registered jobs and cron jobs;
+* `worker.py`: `WorkerSettings`, the registered jobs and cron jobs (the outbox relay too);
 * `purge.py`: the cron job purging expired soft-deleted rows;
 * `serialization.py`: JSON in and out of Redis.
 """

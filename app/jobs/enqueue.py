@@ -1,8 +1,11 @@
 """Enqueueing from requests and from jobs: a job leaves only once its transaction commits.
 
-`JobsDep` gives a handler a `Jobs` bound to the request's session. `enqueue` checks
-the arguments and that the queue is reachable at once (a 503 then rolls the request
-back), and sends the job after the commit; a rollback drops it.
+`JobsDep` gives a handler a `Jobs` bound to the request's session (`ctx.jobs` is the
+same for a job). `enqueue` checks the arguments and records the job in the outbox, in
+that transaction; after the commit the job is sent and its row deleted, and if Redis
+is down then, the outbox relay sends it later (`outbox.py`). A rollback drops both. So
+a job whose id a client was given runs, at least once, even across a Redis outage; a
+handler that writes nothing and needs Redis to answer now uses `JobQueue.enqueue`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.db import SessionDep, on_commit
 from app.core.exceptions import ServiceUnavailableError
-from app.jobs.queue import UNAVAILABLE_MESSAGE, JobQueue
+from app.jobs.outbox import forget, outbox_row
+from app.jobs.queue import UNAVAILABLE_MESSAGE, JobQueue, PreparedJob
 
 if TYPE_CHECKING:
     from app.jobs.registry import JobFunction
@@ -37,18 +41,24 @@ class Jobs:
         _defer_by: float | None = None,
         **kwargs: Any,
     ) -> str:
-        """Schedule `function(*args, **kwargs)` to be sent after the commit; returns the job id.
+        """Store `function(*args, **kwargs)` in the outbox, to be sent after the commit;
+        returns the job id.
 
-        `_owner` records who may later see the job (`JobQueue.info_for`). Raises
+        `_owner` records who may later see the job (`job_info_for`). Raises
         `JobPayloadError` for arguments the job cannot receive and
-        `ServiceUnavailableError` (503) when the queue is unreachable.
+        `ServiceUnavailableError` (503) when no queue is configured (REDIS_URL empty).
+        Redis being down is no error: the relay sends the job once it is back.
         """
         if self.queue is None:
             raise ServiceUnavailableError(UNAVAILABLE_MESSAGE)
         job = self.queue.prepare(function, args, kwargs, owner=_owner, defer_by=_defer_by)
-        await self.queue.ensure_available()
-        on_commit(self.session, partial(self.queue.send_after_commit, job))
+        self.session.add(outbox_row(job))
+        on_commit(self.session, partial(self._send, self.queue, job))
         return job.id
+
+    async def _send(self, queue: JobQueue, job: PreparedJob) -> None:
+        if await queue.send_after_commit(job):
+            await forget(self.session, job.id)
 
 
 async def get_jobs(request: Request, session: SessionDep) -> Jobs:

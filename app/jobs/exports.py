@@ -1,4 +1,11 @@
-"""Export jobs: items as CSV for the caller who asked, and clean-up of old files."""
+"""Export jobs: items as CSV for the caller who asked, and clean-up of old files.
+
+Jobs are delivered at least once (app/jobs/outbox.py), so both are safe to repeat:
+an export writes the file named after its job id, replacing it whole (a repeat
+rewrites the same file from the current rows, and arq never runs one job id twice at
+once); the clean-up only deletes files past their age, and a file already gone is
+skipped.
+"""
 
 from __future__ import annotations
 

@@ -5,16 +5,19 @@ arq, so another queue could replace it here. Each job carries a small metadata
 record next to its arguments (the request id that enqueued it and its owner), which
 Redis keeps exactly as long as the job and its result, so "who may see this job"
 never outlives or expires before the job itself.
+
+Jobs enqueued in a transaction wait in the database outbox (`outbox.py`) until they
+are sent, so `send_after_commit` only logs a failure: the relay sends the job later.
+Sending a job id the queue still holds (queued, running or with a result) does nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +31,7 @@ from arq.constants import (
 from arq.jobs import DeserializationError, JobDef, JobResult, deserialize_job, deserialize_result
 from redis.asyncio import Redis
 
-from app.core.cache import REDIS_ERRORS, RedisOutage
+from app.core.cache import REDIS_ERRORS, RedisBreaker, RedisSkippedError
 from app.core.exceptions import ServiceUnavailableError
 from app.core.logging import request_id_var
 from app.jobs.serialization import JobError, job_deserializer, job_serializer
@@ -40,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 META_KWARG = "_meta"
 UNAVAILABLE_MESSAGE = "Background jobs are unavailable right now; try again shortly."
-_CONFIRMED_FOR = 1.0
 _JOB_ID = re.compile(r"[A-Za-z0-9:._\-]{1,128}")
 
 
@@ -53,13 +55,13 @@ class JobState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PreparedJob:
-    """A checked job, ready to be sent."""
+    """A checked job, ready to be sent; `defer_until` holds it back until then."""
 
     id: str
     function: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    defer_by: float | None = None
+    defer_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,22 +125,26 @@ def _from_definition(job_id: str, definition: JobDef, running: bool, tries: int)
 class JobQueue:
     """Sends jobs to, and reads their state from, one named queue."""
 
-    def __init__(self, redis: ArqRedis, *, queue_name: str) -> None:
+    def __init__(
+        self, redis: ArqRedis, *, queue_name: str, breaker: RedisBreaker | None = None
+    ) -> None:
         self.redis = redis
         self.queue_name = queue_name
-        self._confirmed_until = 0.0
-        self._outage = RedisOutage()
+        self.breaker = breaker or RedisBreaker.for_client(redis)
 
     @classmethod
-    def over(cls, redis: Redis, *, queue_name: str) -> JobQueue:
-        """A queue sharing `redis`'s connection pool (and its timeouts); opens nothing."""
+    def over(
+        cls, redis: Redis, *, queue_name: str, breaker: RedisBreaker | None = None
+    ) -> JobQueue:
+        """A queue sharing `redis`'s connection pool (and its timeouts, and `breaker`, the
+        process's Redis circuit breaker); opens nothing."""
         arq_redis = ArqRedis(
             redis.connection_pool,
             job_serializer=job_serializer,
             job_deserializer=job_deserializer,
             default_queue_name=queue_name,
         )
-        return cls(arq_redis, queue_name=queue_name)
+        return cls(arq_redis, queue_name=queue_name, breaker=breaker)
 
     def prepare(
         self,
@@ -157,50 +163,42 @@ class JobQueue:
             function=function.name,
             args=args,
             kwargs={**kwargs, META_KWARG: meta},
-            defer_by=defer_by,
+            defer_until=datetime.now(UTC) + timedelta(seconds=defer_by) if defer_by else None,
         )
-
-    async def ensure_available(self) -> None:
-        """Raise `ServiceUnavailableError` unless Redis answers (checked at most once a second;
-        after a failure, refused at once for a short back-off)."""
-        now = time.monotonic()
-        if now < self._confirmed_until:
-            return
-        if self._outage.ongoing:
-            raise ServiceUnavailableError(UNAVAILABLE_MESSAGE)
-        try:
-            await self.redis.ping()
-        except REDIS_ERRORS as exc:
-            if self._outage.begin():
-                reason = type(exc).__name__
-                logger.warning("job queue unavailable: Redis did not answer (%s)", reason)
-            raise ServiceUnavailableError(UNAVAILABLE_MESSAGE) from None
-        self._confirmed_until = time.monotonic() + _CONFIRMED_FOR
 
     async def send(self, job: PreparedJob) -> None:
-        """Put the job on the queue now (raises on Redis errors)."""
-        queued = await self.redis.enqueue_job(
-            job.function, *job.args, _job_id=job.id, _defer_by=job.defer_by, **job.kwargs
+        """Put the job on the queue now (raises on Redis errors); a job id the queue still
+        holds is left alone, so sending a job twice runs it once."""
+        # A deferral already past (the job waited out an outage) runs the job now.
+        due = job.defer_until if job.defer_until and job.defer_until > datetime.now(UTC) else None
+        queued = await self.breaker.call(
+            lambda: self.redis.enqueue_job(
+                job.function, *job.args, _job_id=job.id, _defer_until=due, **job.kwargs
+            )
         )
         if queued is None:
-            logger.warning("job %s (%s) was already queued", job.id, job.function)
+            logger.info("job %s (%s) is already queued or done", job.id, job.function)
             return
-        self._confirmed_until = time.monotonic() + _CONFIRMED_FOR
         logger.info("job %s (%s) queued", job.id, job.function, extra={"job_id": job.id})
 
-    async def send_after_commit(self, job: PreparedJob) -> None:
-        """`send`, for after a commit: a failure is logged with the job id, never raised."""
+    async def send_after_commit(self, job: PreparedJob) -> bool:
+        """`send`, for after a commit: True once sent; a failure is logged with the job id,
+        never raised. While the Redis breaker is open it is not tried (no timeout per
+        request): the job waits in the outbox for the relay either way."""
         try:
             await self.send(job)
         except REDIS_ERRORS as exc:
-            self._outage.begin()  # the error below names the job, so it is always logged
-            logger.error(
-                "job %s (%s) was committed but could not be queued: %s",
-                job.id,
-                job.function,
-                type(exc).__name__,
-                extra={"job_id": job.id},
-            )
+            reason = "Redis is unavailable" if isinstance(exc, RedisSkippedError) else repr(exc)
+        else:
+            return True
+        logger.warning(
+            "job %s (%s) was committed but not queued (%s); the outbox relay will send it",
+            job.id,
+            job.function,
+            reason,
+            extra={"job_id": job.id},
+        )
+        return False
 
     async def enqueue(
         self,
@@ -223,13 +221,17 @@ class JobQueue:
         """The job's state, or None when no such job is known (or its result has expired)."""
         if not _JOB_ID.fullmatch(job_id):
             return None
-        try:
+
+        async def read() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.get(result_key_prefix + job_id)
                 pipe.get(job_key_prefix + job_id)
                 pipe.exists(in_progress_key_prefix + job_id)
                 pipe.get(retry_key_prefix + job_id)
-                result, definition, running, tries = await pipe.execute()
+                return await pipe.execute()
+
+        try:
+            result, definition, running, tries = await self.breaker.call(read)
         except REDIS_ERRORS:
             raise ServiceUnavailableError(UNAVAILABLE_MESSAGE) from None
         try:

@@ -1,10 +1,13 @@
 """The arq worker: `arq app.jobs.worker.WorkerSettings` runs it, `arq --check ...` probes it.
 
-`FUNCTIONS` and `CRON_JOBS` below are the one place jobs are registered. On start-up
-the worker opens its own database engine, session factory and Redis client (closed
-on shutdown). `WorkerSettings` is built from `get_settings()` the first time it is
-looked up, so importing this module reads no configuration and opens nothing;
-tests build their own with `worker_options(settings, ...)`.
+`FUNCTIONS` and `CRON_JOBS` below are the one place jobs are registered; among the
+cron jobs, `relay_job_outbox` sends, at start-up and every `RELAY_INTERVAL` seconds,
+the jobs that were committed but never queued (Redis was down, or a process died
+between commit and send; see `outbox.py`). On start-up the worker opens its own
+database engine, session factory and Redis client (closed on shutdown).
+`WorkerSettings` is built from `get_settings()` the first time it is looked up, so
+importing this module reads no configuration and opens nothing; tests build their own
+with `worker_options(settings, ...)`.
 """
 
 from __future__ import annotations
@@ -17,20 +20,35 @@ from typing import Any
 
 from arq.connections import RedisSettings
 
-from app.core.cache import Cache, create_redis
+from app.core.cache import Cache, RedisBreaker, create_redis
 from app.core.config import ConfigError, Settings, get_settings
 from app.core.db import create_engine, create_session_factory
 from app.core.logging import setup_logging
 from app.jobs.exports import export_items, remove_expired_exports
+from app.jobs.outbox import relay_outbox
 from app.jobs.purge import purge_soft_deleted
 from app.jobs.queue import JobQueue
-from app.jobs.registry import JobFunction
+from app.jobs.registry import JobContext, JobFunction, job
 from app.jobs.serialization import job_deserializer, job_serializer
+
+# Seconds between outbox relays (arq's cron counts in whole seconds; a divisor of 60).
+RELAY_INTERVAL = 15
+
+
+@job(name="relay_job_outbox", max_tries=1, timeout=120)
+async def relay_job_outbox(ctx: JobContext) -> int:
+    """Send the outbox's leftover jobs (see app/jobs/outbox.py); returns how many."""
+    if ctx.jobs.queue is None:  # never in the worker, which always has a queue
+        return 0
+    return await relay_outbox(ctx.session_factory, ctx.jobs.queue)
+
 
 # Every job the worker runs. Add yours here.
 FUNCTIONS: tuple[JobFunction[..., Any], ...] = (export_items,)
-# (job, schedule) pairs; the schedule is in the worker's local time zone.
+# (job, schedule) pairs; the schedule is in the worker's local time zone. arq runs each
+# slot once however many workers there are.
 CRON_JOBS: tuple[tuple[JobFunction[..., Any], dict[str, Any]], ...] = (
+    (relay_job_outbox, {"second": set(range(0, 60, RELAY_INTERVAL)), "run_at_startup": True}),
     (purge_soft_deleted, {"hour": 3, "minute": 17}),
     (remove_expired_exports, {"minute": 41}),
 )
@@ -67,12 +85,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     logging.getLogger("arq").handlers.clear()
     engine = create_engine(settings)
     redis = create_redis(settings)
+    breaker = RedisBreaker(settings.REDIS_SOCKET_TIMEOUT)  # shared, as in the API
     ctx.update(
         engine=engine,
         session_factory=create_session_factory(engine),
         app_redis=redis,
-        cache=Cache(redis),
-        job_queue=JobQueue(ctx["redis"], queue_name=settings.JOBS_QUEUE_NAME),
+        cache=Cache(redis, breaker=breaker),
+        job_queue=JobQueue(ctx["redis"], queue_name=settings.JOBS_QUEUE_NAME, breaker=breaker),
     )
 
 

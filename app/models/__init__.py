@@ -1,7 +1,17 @@
 """Table models. Import every model here so Alembic and `init_db` see all tables."""
 
 from app.models.base import BaseTable, SoftDeleteMixin
+from app.models.idempotency import IdempotencyRecord
 from app.models.item import Item, ItemStatus
+from app.models.job_outbox import OutboxJob
 from app.models.user import User
 
-__all__ = ["BaseTable", "Item", "ItemStatus", "SoftDeleteMixin", "User"]
+__all__ = [
+    "BaseTable",
+    "IdempotencyRecord",
+    "Item",
+    "ItemStatus",
+    "OutboxJob",
+    "SoftDeleteMixin",
+    "User",
+]

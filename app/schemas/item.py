@@ -10,6 +10,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -53,7 +54,21 @@ Description = Annotated[str, StringConstraints(max_length=5000, pattern=_NO_NUL)
 SearchTerm = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=_NO_CONTROL_CHARACTERS)
 ]
-Instant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+
+
+def _iso_8601_only(value: object) -> object:
+    """Refuse numbers (and numeric strings), which pydantic would read as Unix times: a
+    client sending `created_before=1700000000` almost certainly meant something else."""
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+    ):
+        raise PydanticCustomError(
+            "datetime_format", "must be an ISO 8601 date-time with a time zone"
+        )
+    return value
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(_iso_8601_only), AfterValidator(_in_utc)]
 Tag = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=40, pattern=r"^[\w.:-]+$"),

@@ -138,9 +138,14 @@ def _cache_after_commit(session: AsyncSession, cache: Cache, scope: ItemScope, i
         entry = {"version": item.version, "deleted": True}
 
     async def store() -> None:
-        await cache.set_json_if_newer(key, entry, ttl=ITEM_CACHE_TTL, is_write=True)
+        await cache.set_json_if_newer(key, entry, ttl=ITEM_CACHE_TTL)
 
     on_commit(session, store)
+
+
+# `version` is a 32-bit INTEGER on PostgreSQL: a larger number can never match (and
+# would be an out-of-range parameter rather than a mismatch).
+_MAX_VERSION = 2**31 - 1
 
 
 async def _conditional_update(
@@ -157,13 +162,15 @@ async def _conditional_update(
     where = [col(Item.id) == item_id, scope.where(), state]
     versioned = list(where)
     if expected_versions is not None:
-        versioned.append(col(Item.version).in_(list(expected_versions)))
+        possible = [v for v in expected_versions if 0 < v <= _MAX_VERSION]
+        versioned.append(col(Item.version).in_(possible))
     statement = (
         update(Item)
         .where(*versioned)
         .values(**values, version=col(Item.version) + 1)
         .returning(Item)
-        .execution_options(synchronize_session=False)
+        # The session may already hold this row: return the values just written.
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
     item: Item | None = (await session.exec(statement)).scalars().first()
     if item is not None:

@@ -1,10 +1,15 @@
 import asyncio
 import logging
+import time
 import uuid
+from collections.abc import Awaitable
 
 import pytest
 
-from app.core.cache import Cache, create_redis
+from app.core.cache import Cache, RedisBreaker, create_redis
+from app.core.ratelimit import RateLimiter
+from app.core.rates import Rate
+from tests.faults import redis_server
 from tests.support import CLOSED_PORT_URL, hung_server, make_settings
 
 SQLITE = "sqlite+aiosqlite:///:memory:"
@@ -86,3 +91,48 @@ async def test_an_older_version_never_replaces_a_newer_one(redis_url: str) -> No
         assert redis is not None
         await redis.delete(cache.prefix + k)
         await redis.aclose()
+
+
+async def timed(call: Awaitable[object]) -> tuple[object, float]:
+    started = time.monotonic()
+    result = await call
+    return result, time.monotonic() - started
+
+
+async def test_a_frozen_redis_costs_each_caller_one_timeout_and_trips_every_user() -> None:
+    """SIGSTOP: connections are accepted but nothing answers. Callers must not queue
+    behind one another's connection attempts, and once one call fails, the cache and
+    the rate limiter both leave Redis alone."""
+    async with redis_server() as server:
+        settings = make_settings(SQLITE, REDIS_URL=server.url, REDIS_SOCKET_TIMEOUT=0.3)
+        redis = create_redis(settings)
+        assert redis is not None
+        breaker = RedisBreaker(settings.REDIS_SOCKET_TIMEOUT, backoff=0.3)
+        cache = Cache(redis, breaker=breaker)
+        limiter = RateLimiter(redis, default=Rate(10, 60), breaker=breaker)
+        try:
+            assert await cache.set_json("k", 1, ttl=30)
+            server.freeze()
+            results = await asyncio.gather(*(timed(cache.get_json("k")) for _ in range(20)))
+            assert [result for result, _ in results] == [None] * 20
+            # Unbounded, each waited for the previous one's connection attempt: 20 x 0.3 s.
+            assert max(elapsed for _, elapsed in results) < 1.0
+            assert breaker.is_open
+            hit, elapsed = await timed(limiter.hit("someone", Rate(10, 60)))
+            assert hit is None
+            assert elapsed < 0.1  # skipped at once: the limiter shares the breaker
+
+            await asyncio.sleep(breaker.backoff + 0.05)  # half-open: one caller probes
+            probes = await asyncio.gather(*(timed(cache.get_json("k")) for _ in range(10)))
+            waited = sorted(elapsed for _, elapsed in probes)
+            assert waited[-1] >= 0.25  # the probe waited for its timeout
+            assert waited[-2] < 0.1  # everyone else was told at once
+            assert breaker.is_open
+
+            server.thaw()
+            await asyncio.sleep(breaker.backoff + 0.05)
+            assert await cache.get_json("k") == 1  # a successful probe closes the breaker
+            assert not breaker.is_open
+        finally:
+            server.thaw()
+            await redis.aclose()

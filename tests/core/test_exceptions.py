@@ -164,3 +164,50 @@ async def test_a_failing_query_is_a_500_that_shows_no_sql(client: AsyncClient) -
     assert response.status_code == 500
     assert_error_shape(response.json(), "internal_error")
     assert "no_such_table" not in response.text
+
+
+async def test_a_body_that_is_not_utf8_is_a_422(client: AsyncClient) -> None:
+    response = await client.post(
+        "/boom/validate",
+        content=b'{"name": "\xff\xfe"}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422
+    error = assert_error_shape(response.json(), "validation_error")
+    assert error["details"] == [
+        {"loc": ["body"], "message": "The body is not UTF-8.", "type": "json_invalid"}
+    ]
+
+
+@router.get("/shared")
+async def shared_get() -> None:
+    """One of two routes on the same path."""
+
+
+@router.put("/shared")
+async def shared_put() -> None:
+    """The other."""
+
+
+async def test_405_allow_lists_every_route_on_the_path(client: AsyncClient) -> None:
+    response = await client.delete("/boom/shared")
+    assert response.status_code == 405
+    assert_error_shape(response.json(), "method_not_allowed")
+    assert response.headers["allow"] == "GET, PUT"
+
+
+@pytest.mark.parametrize("method", ["PATCH", "DELETE", "GET"])
+async def test_a_wrong_method_on_a_static_path_is_a_405_not_a_bad_id(
+    settings: Settings, client: AsyncClient, method: str
+) -> None:
+    """`/items/exports` also fits `/items/{item_id}`, whose id check must not win."""
+    response = await client.request(
+        method, "/api/v1/items/exports", headers=auth_headers(settings, "u1"), json={}
+    )
+    assert response.status_code == 405
+    assert_error_shape(response.json(), "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+    malformed = await client.request(
+        method, "/api/v1/items/not-an-id", headers=auth_headers(settings, "u1"), json={}
+    )
+    assert malformed.status_code == 422

@@ -2,13 +2,16 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from fastapi import APIRouter, FastAPI
 from httpx import AsyncClient
+from pydantic import BaseModel
 
 from app.core.config import Settings
 from app.core.logging import JsonFormatter
+from app.core.security import CurrentPrincipal
 from app.main import create_app
 from tests.support import make_settings, production_auth, running_app
 
@@ -137,3 +140,124 @@ async def test_cors_preflight_from_an_allowed_origin(database_url: str, clean_db
         "ratelimit-remaining",
     ):
         assert header in exposed
+
+
+# --- request body limit ------------------------------------------------------------------
+
+body_router = APIRouter(prefix="/bodies")
+
+
+class Upload(BaseModel):
+    data: str
+
+
+@body_router.post("/small")
+async def post_small(body: Upload, principal: CurrentPrincipal) -> dict[str, int]:
+    """Limited by MAX_REQUEST_BODY_BYTES; authenticated, to show the limit comes first."""
+    return {"size": len(body.data)}
+
+
+@body_router.post("/large", max_body_size=64 * 1024)
+async def post_large(body: Upload) -> dict[str, int]:
+    """A route that allows more than the default."""
+    return {"size": len(body.data)}
+
+
+@pytest.fixture
+async def body_client(database_url: str, clean_db: None) -> AsyncIterator[AsyncClient]:
+    settings = make_settings(database_url, MAX_REQUEST_BODY_BYTES=4096)
+    app: FastAPI = create_app(settings)
+    app.include_router(body_router)
+    async with running_app(settings, app) as (_, client):
+        yield client
+
+
+def payload(size: int) -> bytes:
+    return json.dumps({"data": "x" * size}).encode()
+
+
+def assert_too_large(response: Any) -> None:
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert error["code"] == "payload_too_large"
+    assert "4096 bytes" in error["message"]
+    assert error["request_id"] == response.headers["x-request-id"]
+
+
+async def test_a_declared_oversized_body_is_refused_before_authentication(
+    body_client: AsyncClient,
+) -> None:
+    streamed: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            streamed.append(1)
+            yield b"x" * 1024
+
+    response = await body_client.post(
+        "/bodies/small",
+        content=body(),
+        headers={"content-length": str(100 * 1024), "authorization": "Bearer not-a-token"},
+    )
+    assert_too_large(response)  # not a 401: no token was looked at
+    assert len(streamed) <= 1  # and the body was not read
+
+
+async def test_a_streamed_body_is_cut_off_once_it_crosses_the_limit(
+    body_client: AsyncClient,
+) -> None:
+    streamed: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:  # chunked: no Content-Length to go by
+        for _ in range(100):
+            streamed.append(1)
+            yield b"x" * 1024
+
+    response = await body_client.post("/bodies/small", content=body())
+    assert_too_large(response)
+    assert len(streamed) < 10
+
+
+async def test_a_body_under_the_limit_and_a_route_that_allows_more(
+    body_client: AsyncClient,
+) -> None:
+    json_type = {"content-type": "application/json"}
+    response = await body_client.post("/bodies/large", content=payload(30_000), headers=json_type)
+    assert response.status_code == 200
+    assert response.json() == {"size": 30_000}
+    unauthenticated = await body_client.post(
+        "/bodies/small", content=payload(100), headers=json_type
+    )
+    assert unauthenticated.status_code == 401
+    too_large = await body_client.post("/bodies/large", content=payload(70_000), headers=json_type)
+    assert too_large.status_code == 413
+
+
+# --- CORS on the last-resort 500 ---------------------------------------------------------
+
+crash_router = APIRouter()
+
+
+@crash_router.get("/crash")
+async def crash() -> None:
+    raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"), [("https://app.example", True), ("https://evil.example", False)]
+)
+async def test_an_unhandled_500_keeps_cors_headers_for_an_allowed_origin(
+    database_url: str, clean_db: None, origin: str, allowed: bool
+) -> None:
+    settings = make_settings(database_url, BACKEND_CORS_ORIGINS="https://app.example")
+    app: FastAPI = create_app(settings)
+    app.include_router(crash_router)
+    async with running_app(settings, app) as (_, client):
+        response = await client.get("/crash", headers={"Origin": origin})
+    assert response.status_code == 500
+    assert response.json()["error"]["request_id"] == response.headers["x-request-id"]
+    if allowed:
+        assert response.headers["access-control-allow-origin"] == origin
+        assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
+    else:
+        assert "access-control-allow-origin" not in response.headers

@@ -81,12 +81,13 @@ def test_production_image_never_reloads_and_serves_through_the_exec_start_script
     assert re.search(r"^exec uvicorn app\.main:app", script, re.MULTILINE)
     for flag, variable in [
         ("--workers", "WEB_CONCURRENCY"),
-        ("--forwarded-allow-ips", "FORWARDED_ALLOW_IPS"),
         ("--timeout-graceful-shutdown", "GRACEFUL_SHUTDOWN_TIMEOUT"),
         ("--port", "PORT"),
     ]:
         assert re.search(rf'{flag} "\$\{{{variable}:-[^}}]+\}}"', script), flag
-    assert "--proxy-headers" in script
+    # TRUSTED_PROXIES, applied by the app, is the one list of trusted proxies.
+    assert "--no-proxy-headers" in script
+    assert "forwarded-allow-ips" not in script
     assert "--no-access-log" in script
 
 
@@ -154,7 +155,7 @@ def test_images_use_the_uv_version_the_makefile_bootstraps() -> None:
 
 def test_image_environment_is_documented_in_env_example() -> None:
     names = {name for env in runtime(PROD).all("ENV") for name in env_names(env)}
-    assert {"PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"} <= names
+    assert {"PORT", "WEB_CONCURRENCY"} <= names
     assert names - TOOL_ENV <= documented_env_names()
 
 

@@ -3,6 +3,7 @@ bundled copies), wired to each other through kustomize, and probing the real rou
 
 import copy
 import re
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,10 @@ import kubernetes_validate
 import pytest
 from httpx import ASGITransport, AsyncClient
 from starlette.types import Receive, Scope, Send
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.core.config import ConfigError, Environment, load_settings
+from app.core.middleware import RequestContextMiddleware
+from app.core.proxies import TrustedProxies
 from tests.deploy.parsing import (
     DOCKER,
     K8S,
@@ -200,7 +202,7 @@ def test_the_secret_example_holds_no_usable_secret() -> None:
 
 
 async def client_seen_by_the_app(peer: str, forwarded_for: str) -> tuple[str, str]:
-    """(client address, scheme) the app sees behind uvicorn's proxy-header handling."""
+    """(client address, scheme) the app sees with the pods' TRUSTED_PROXIES."""
     seen: dict[str, Any] = {}
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -208,7 +210,8 @@ async def client_seen_by_the_app(peer: str, forwarded_for: str) -> tuple[str, st
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    proxied = ProxyHeadersMiddleware(app, trusted_hosts=CONFIG["FORWARDED_ALLOW_IPS"])
+    networks = [ip_network(part) for part in CONFIG["TRUSTED_PROXIES"].split(",")]
+    proxied = RequestContextMiddleware(app, trusted_proxies=TrustedProxies(networks))
     transport = ASGITransport(app=proxied, client=(peer, 40000))
     async with AsyncClient(transport=transport, base_url="http://api") as client:
         headers = {"X-Forwarded-For": forwarded_for, "X-Forwarded-Proto": "https"}

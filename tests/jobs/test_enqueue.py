@@ -1,4 +1,5 @@
-"""Enqueueing through `JobsDep`: jobs leave after the commit, never after a rollback."""
+"""Enqueueing through `JobsDep`: jobs leave after the commit, never after a rollback, and
+a committed job survives Redis failing before it is sent (the outbox and its relay)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,17 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.cache import create_redis
+from app.core.cache import BACKOFF_SECONDS, create_redis
 from app.core.config import Settings
-from app.core.db import SessionDep
+from app.core.db import ReadSessionDep, SessionDep, on_commit
 from app.core.exceptions import ConflictError
 from app.jobs.enqueue import JobQueueDep, JobsDep
+from app.jobs.outbox import job_info_for
 from app.jobs.queue import JobQueue, JobState
 from app.jobs.registry import JobContext, PermanentJobError, job
 from app.main import create_app
-from tests.jobs.conftest import job_settings, run_worker
+from tests.faults import redis_server
+from tests.jobs.conftest import job_settings, outbox_ids, relay_now, run_worker
 from tests.support import CLOSED_PORT_URL, running_app
 from tests.tables import Note, count_notes
 
@@ -53,6 +56,9 @@ async def create_note(
     note = Note(title=body.title)
     session.add(note)
     await session.flush()
+    fault: Callable[[], Awaitable[None]] | None
+    if fault := getattr(request.app.state, "between_commit_and_send", None):
+        on_commit(session, fault)  # registered first, so it runs before the job's send
     job_id = await jobs.enqueue(read_note, str(note.id), _owner="owner-1")
     hook: Callable[[], Awaitable[None]] | None = getattr(request.app.state, "after_enqueue", None)
     if hook is not None:
@@ -63,9 +69,11 @@ async def create_note(
 
 
 @router.get("/jobs/{job_id}")
-async def read_job(job_id: str, queue: JobQueueDep) -> dict[str, str | None]:
+async def read_job(
+    job_id: str, queue: JobQueueDep, session: ReadSessionDep
+) -> dict[str, str | None]:
     """The job's state as its owner sees it."""
-    info = await queue.info_for(job_id, "owner-1")
+    info = await job_info_for(queue, session, job_id, "owner-1")
     return {"state": info.state if info else None}
 
 
@@ -92,7 +100,7 @@ async def queued_count(settings: Settings) -> int:
 
 
 async def test_a_job_enqueued_in_a_request_runs_after_the_commit_with_its_request_id(
-    settings: Settings, tables: None, caplog: pytest.LogCaptureFixture
+    settings: Settings, tables: None, db_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with client_for(settings) as (_, client):
         response = await client.post(
@@ -101,6 +109,8 @@ async def test_a_job_enqueued_in_a_request_runs_after_the_commit_with_its_reques
         assert response.status_code == 202
         job_id = response.json()["job_id"]
         assert (await client.get(f"/test-jobs/jobs/{job_id}")).json() == {"state": "queued"}
+        assert await queued_count(settings) == 1
+        assert await outbox_ids(db_engine) == []  # sent after the commit: nothing left over
 
         with caplog.at_level(logging.INFO):
             worker = await run_worker(settings, [read_note])
@@ -144,15 +154,16 @@ async def test_a_job_enqueued_in_a_rolled_back_request_never_runs(
         assert response.status_code == 409
     assert await count_notes(db_engine) == 0
     assert await queued_count(settings) == 0
+    assert await outbox_ids(db_engine) == []
+    assert await relay_now(settings, db_engine) == 0
     worker = await run_worker(settings, [read_note])
     assert (worker.jobs_complete, worker.jobs_failed, worker.jobs_retried) == (0, 0, 0)
 
 
-@pytest.mark.parametrize("redis_url", [f"redis://{CLOSED_PORT_URL}/0", ""])
-async def test_without_redis_enqueue_is_a_503_and_the_request_rolls_back(
-    database_url: str, clean_db: None, tables: None, db_engine: AsyncEngine, redis_url: str
+async def test_without_a_job_queue_configured_enqueue_is_a_503_and_the_request_rolls_back(
+    database_url: str, clean_db: None, tables: None, db_engine: AsyncEngine
 ) -> None:
-    settings = job_settings(database_url, redis_url)
+    settings = job_settings(database_url, "")
     async with client_for(settings) as (_, client):
         response = await client.post("/test-jobs/notes", json={"title": "lost?"})
         assert response.status_code == 503
@@ -162,6 +173,22 @@ async def test_without_redis_enqueue_is_a_503_and_the_request_rolls_back(
         assert (await client.get("/test-jobs/ping")).status_code == 200
         assert (await client.get("/api/v1/public/health")).status_code == 200
     assert await count_notes(db_engine) == 0
+    assert await outbox_ids(db_engine) == []
+
+
+async def test_with_redis_down_a_job_is_accepted_and_kept_in_the_outbox(
+    database_url: str, clean_db: None, tables: None, db_engine: AsyncEngine
+) -> None:
+    settings = job_settings(database_url, f"redis://{CLOSED_PORT_URL}/0")
+    async with client_for(settings) as (_, client):
+        response = await client.post("/test-jobs/notes", json={"title": "kept"})
+        assert response.status_code == 202
+        job_id = response.json()["job_id"]
+        # Its owner sees it queued while Redis is down; anyone else still sees nothing.
+        assert (await client.get(f"/test-jobs/jobs/{job_id}")).json() == {"state": "queued"}
+        assert (await client.get("/test-jobs/ping")).status_code == 200
+    assert await count_notes(db_engine) == 1
+    assert await outbox_ids(db_engine) == [job_id]
 
 
 @asynccontextmanager
@@ -214,11 +241,37 @@ async def test_a_send_failing_after_the_commit_is_logged_with_the_job_id(
         settings = job_settings(database_url, f"redis://{address}/15")
         async with client_for(settings) as (app, client):
             app.state.after_enqueue = cut
-            with caplog.at_level(logging.ERROR, logger="app.jobs.queue"):
+            with caplog.at_level(logging.WARNING, logger="app.jobs.queue"):
                 response = await client.post("/test-jobs/notes", json={"title": "kept"})
     assert response.status_code == 202
+    job_id = response.json()["job_id"]
     assert await count_notes(db_engine) == 1
-    errors = [r for r in caplog.records if r.name == "app.jobs.queue"]
-    assert len(errors) == 1
-    assert response.json()["job_id"] in errors[0].getMessage()
-    assert errors[0].job_id == response.json()["job_id"]  # type: ignore[attr-defined]
+    warnings = [r for r in caplog.records if r.name == "app.jobs.queue"]
+    assert len(warnings) == 1
+    assert job_id in warnings[0].getMessage()
+    assert "relay will send it" in warnings[0].getMessage()
+    assert warnings[0].job_id == job_id  # type: ignore[attr-defined]
+    assert await outbox_ids(db_engine) == [job_id]
+
+
+async def test_a_job_committed_while_redis_dies_runs_once_redis_is_back(
+    database_url: str, clean_db: None, tables: None, db_engine: AsyncEngine
+) -> None:
+    async with redis_server() as redis:
+        settings = job_settings(database_url, redis.url)
+        async with client_for(settings) as (app, client):
+            app.state.between_commit_and_send = redis.kill
+            response = await client.post("/test-jobs/notes", json={"title": "survivor"})
+            assert response.status_code == 202
+            job_id = response.json()["job_id"]
+            status = f"/test-jobs/jobs/{job_id}"
+            assert (await client.get(status)).json() == {"state": "queued"}
+
+            await redis.start()  # back, and empty: only the outbox knows the job
+            await asyncio.sleep(BACKOFF_SECONDS)  # the app leaves Redis alone until then
+            assert (await client.get(status)).json() == {"state": "queued"}
+            assert await relay_now(settings, db_engine) == 1
+            assert await outbox_ids(db_engine) == []
+            worker = await run_worker(settings, [read_note])
+            assert (worker.jobs_complete, worker.jobs_failed, worker.jobs_retried) == (1, 0, 0)
+            assert (await client.get(status)).json() == {"state": "complete"}

@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.cache import create_redis
+from app.core.cache import BACKOFF_SECONDS, create_redis
 from app.core.config import Settings
 from app.core.db import create_session_factory, session_context
 from app.jobs.exports import export_items
@@ -27,8 +27,9 @@ from app.models.base import utcnow
 from app.models.item import Item
 from app.services.item_exports import export_items_csv
 from app.services.items import ItemFilters, ItemScope
-from tests.jobs.conftest import job_settings, run_worker
-from tests.support import CLOSED_PORT_URL, auth_headers, make_settings, running_app
+from tests.faults import redis_server
+from tests.jobs.conftest import job_settings, relay_now, run_worker
+from tests.support import auth_headers, make_settings, running_app
 
 ITEMS = "/api/v1/items"
 
@@ -168,14 +169,52 @@ async def test_a_failed_export_leaves_no_file_behind(
     assert await asyncio.to_thread(lambda: list(path.parent.iterdir())) == []
 
 
-async def test_export_without_redis_is_a_503(database_url: str, clean_db: None) -> None:
-    settings = make_settings(database_url, REDIS_URL=f"redis://{CLOSED_PORT_URL}/0")
+async def test_export_without_a_job_queue_is_a_503(database_url: str, clean_db: None) -> None:
+    settings = make_settings(database_url, REDIS_URL="")
     async with running_app(settings) as (_, client):
         headers = caller(settings, "alice")
         response = await client.post(f"{ITEMS}/exports", json={}, headers=headers)
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "service_unavailable"
         assert (await client.get(ITEMS, headers=headers)).status_code == 200
+
+
+async def test_an_export_accepted_while_redis_is_down_runs_once_redis_is_back(
+    database_url: str, clean_db: None, db_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    async with redis_server() as redis:
+        settings = job_settings(database_url, redis.url, EXPORT_DIR=str(tmp_path / "exports"))
+        async with running_app(settings) as (_, client):
+            alice, bob = caller(settings, "alice"), caller(settings, "bob")
+            await add(client, alice, "kept safe")
+            await redis.kill()
+
+            response = await client.post(f"{ITEMS}/exports", json={}, headers=alice)
+            assert response.status_code == 202
+            status_url = response.headers["location"]
+            job_id = response.json()["job_id"]
+            status = await client.get(status_url, headers=alice)
+            assert (status.status_code, status.json()["status"]) == (200, "queued")
+            download = f"{ITEMS}/exports/{job_id}/download"
+            assert (await client.get(download, headers=alice)).status_code == 409
+            # Not bob's in the outbox, and Redis, which might hold a job of his, is down.
+            assert (await client.get(status_url, headers=bob)).status_code == 503
+
+            await redis.start()
+            await asyncio.sleep(BACKOFF_SECONDS)  # the app leaves Redis alone until then
+            assert (await client.get(status_url, headers=alice)).json()["status"] == "queued"
+            assert await relay_now(settings, db_engine) == 1
+            worker = await run_worker(settings, [export_items])
+            assert worker.jobs_complete == 1
+            status = await client.get(status_url, headers=alice)
+            assert status.json()["status"] == "complete"
+            assert status.json()["result"]["rows"] == 1
+            assert (await client.get(status_url, headers=bob)).status_code == 404
+            csv_file = await client.get(download, headers=alice)
+            assert csv_file.status_code == 200
+            assert [row["title"] for row in csv.DictReader(io.StringIO(csv_file.text))] == [
+                "kept safe"
+            ]
 
 
 async def test_purge_removes_exactly_the_expired_soft_deleted_items(

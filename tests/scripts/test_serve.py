@@ -87,7 +87,7 @@ async def test_serve_answers_the_healthcheck_and_stops_cleanly_on_sigterm(
 
 async def test_serve_trusts_forwarded_headers_from_the_allowed_proxy(tmp_path: Path) -> None:
     port = free_port()
-    env = server_env(tmp_path, port) | {"FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    env = server_env(tmp_path, port) | {"TRUSTED_PROXIES": "127.0.0.1"}
     async with serving(env, tmp_path), httpx.AsyncClient() as client:
         # A redirect is built from the request's scheme and host: behind a TLS-terminating
         # proxy it must point at https, or browsers would be sent to plain http.
@@ -100,8 +100,9 @@ async def test_serve_trusts_forwarded_headers_from_the_allowed_proxy(tmp_path: P
 
 
 async def test_serve_ignores_forwarded_headers_from_untrusted_peers(tmp_path: Path) -> None:
+    """Not even from loopback, which uvicorn itself would trust by default."""
     port = free_port()
-    env = server_env(tmp_path, port) | {"FORWARDED_ALLOW_IPS": "10.9.8.7"}
+    env = server_env(tmp_path, port) | {"TRUSTED_PROXIES": "10.9.8.7"}
     async with serving(env, tmp_path), httpx.AsyncClient() as client:
         response = await client.get(
             f"http://127.0.0.1:{port}/api/v1/public/health/",

@@ -22,11 +22,12 @@ from app.api.deps import (
     get_current_user,
     job_owner,
 )
+from app.api.idempotency import IdempotencyDep
 from app.api.preconditions import IfMatch, etag
 from app.core.exceptions import ConflictError, NotFoundError
-from app.core.idempotency import IdempotencyDep
 from app.core.ratelimit import rate_limit
 from app.jobs.exports import export_items
+from app.jobs.outbox import job_info_for
 from app.jobs.queue import JobState
 from app.models.item import Item
 from app.schemas.common import ErrorResponse, Page
@@ -111,7 +112,7 @@ async def create_item(
     item = _read(await service.create_item(session, user, principal.tenant_id, body))
     location = request.app.url_path_for("read_item", item_id=str(item.id))
     response = _item_response(item, 201, Location=location)
-    idempotency.remember(session, response)
+    await idempotency.remember(response)
     return response
 
 
@@ -172,10 +173,14 @@ async def export_items_csv(
     responses=_DOWNLOAD | _QUEUE_DOWN,
 )
 async def download_export(
-    job_id: str, principal: CurrentPrincipal, queue: JobQueueDep, settings: SettingsDep
+    job_id: str,
+    principal: CurrentPrincipal,
+    queue: JobQueueDep,
+    session: ReadSessionDep,
+    settings: SettingsDep,
 ) -> FileResponse:
     """Download a finished export (only the caller who asked for it can)."""
-    info = await queue.info_for(job_id, job_owner(principal))
+    info = await job_info_for(queue, session, job_id, job_owner(principal))
     if info is None or info.function != export_items.name:
         raise NotFoundError("Export not found.")
     if info.state is JobState.FAILED:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import CurrentPrincipal, JobQueueDep, job_owner
+from app.api.deps import CurrentPrincipal, JobQueueDep, ReadSessionDep, job_owner
 from app.core.exceptions import NotFoundError
+from app.jobs.outbox import job_info_for
 from app.schemas.common import ErrorResponse
 from app.schemas.job import JobRead
 
@@ -21,9 +22,11 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
         503: {"model": ErrorResponse, "description": "The job queue is unreachable."},
     },
 )
-async def read_job(job_id: str, principal: CurrentPrincipal, queue: JobQueueDep) -> JobRead:
+async def read_job(
+    job_id: str, principal: CurrentPrincipal, queue: JobQueueDep, session: ReadSessionDep
+) -> JobRead:
     """A job's status (`queued`, `in_progress`, `complete`, `failed`); only its owner sees it."""
-    info = await queue.info_for(job_id, job_owner(principal))
+    info = await job_info_for(queue, session, job_id, job_owner(principal))
     if info is None:
         raise NotFoundError("Job not found.")
     return JobRead.from_info(info)

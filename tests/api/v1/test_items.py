@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -12,15 +13,18 @@ import pytest
 from httpx import AsyncClient
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.cache import Cache, create_redis
 from app.core.config import Settings
 from app.core.db import create_read_session_factory
+from app.models.idempotency import IdempotencyRecord
 from app.models.item import Item
 from app.models.user import User
 from app.services import items as service
 from app.services.items import ItemScope
+from tests.faults import redis_server
 from tests.support import CLOSED_PORT_URL, auth_headers, make_settings, running_app
 
 ITEMS = "/api/v1/items"
@@ -304,6 +308,23 @@ async def test_etags_and_if_match(client: AsyncClient, settings: Settings) -> No
     assert (await client.get(url, headers=headers)).status_code == 404
 
 
+@pytest.mark.parametrize("version", ["2147483648", "999999999999999999", "0"])
+async def test_an_if_match_version_the_item_can_never_have_is_412(
+    client: AsyncClient, settings: Settings, version: str
+) -> None:
+    headers = caller(settings, "alice", "acme")
+    url = f"{ITEMS}/{(await create(client, headers))['id']}"
+    impossible = headers | {"If-Match": f'"{version}"'}
+    patched = await client.patch(url, json={"title": "v2"}, headers=impossible)
+    assert patched.status_code == 412, patched.text
+    assert patched.json()["error"]["code"] == "precondition_failed"
+    assert (await client.delete(url, headers=impossible)).status_code == 412
+    either = headers | {"If-Match": f'"{version}", "1"'}
+    updated = await client.patch(url, json={"title": "v2"}, headers=either)
+    assert updated.status_code == 200
+    assert updated.headers["etag"] == '"2"'
+
+
 async def test_soft_delete_and_restore(client: AsyncClient, settings: Settings) -> None:
     headers = caller(settings, "alice", "acme")
     item = await create(client, headers)
@@ -328,52 +349,43 @@ async def test_unknown_ids_are_404_and_malformed_ids_422(
     assert (await client.get(f"{ITEMS}/not-a-uuid", headers=headers)).status_code == 422
 
 
-async def test_idempotent_create_without_redis_still_works(
-    client: AsyncClient, settings: Settings
-) -> None:
-    headers = caller(settings, "alice", "acme") | {"Idempotency-Key": "k-1"}
-    first = await client.post(ITEMS, json={"title": "A"}, headers=headers)
-    second = await client.post(ITEMS, json={"title": "A"}, headers=headers)
-    assert first.status_code == second.status_code == 201
-    bad = await client.post(ITEMS, json={"title": "A"}, headers=headers | {"Idempotency-Key": ""})
-    assert bad.status_code == 422
-
-
-@pytest.fixture
-async def redis_client(
-    database_url: str, redis_url: str, clean_db: None
-) -> AsyncIterator[tuple[Settings, AsyncClient]]:
-    settings = make_settings(database_url, REDIS_URL=redis_url)
-    async with running_app(settings) as (_, client):
-        yield settings, client
+async def count_rows(engine: AsyncEngine, model: Any, *where: Any) -> int:
+    async with engine.connect() as conn:
+        count = select(func.count()).select_from(model).where(*where)
+        return int((await conn.execute(count)).scalar_one())
 
 
 async def test_idempotency_key_replays_the_first_response(
-    redis_client: tuple[Settings, AsyncClient],
+    client: AsyncClient, settings: Settings, db_engine: AsyncEngine
 ) -> None:
-    settings, client = redis_client
     key = uuid.uuid4().hex
     headers = caller(settings, f"idem-{key}", "acme") | {"Idempotency-Key": key}
-    first = await client.post(ITEMS, json={"title": "Once"}, headers=headers)
-    replay = await client.post(ITEMS, json={"title": "Once"}, headers=headers)
+    body = {"title": "Ünïcode ✓ once", "tags": ["ça", "b"]}
+    first = await client.post(ITEMS, json=body, headers=headers)
+    replay = await client.post(ITEMS, json=body, headers=headers)
     assert first.status_code == replay.status_code == 201
-    assert replay.json() == first.json()
-    assert replay.headers["location"] == first.headers["location"]
+    assert replay.content == first.content
+    for header in ("location", "etag", "content-type"):
+        assert replay.headers[header] == first.headers[header]
     assert replay.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
     listed = await client.get(ITEMS, params={"include_total": "true"}, headers=headers)
     assert listed.json()["total"] == 1
     mismatch = await client.post(ITEMS, json={"title": "Other"}, headers=headers)
     assert mismatch.status_code == 422
+    assert mismatch.json()["error"]["code"] == "validation_error"
     other_caller = caller(settings, f"idem2-{key}", "acme") | {"Idempotency-Key": key}
-    separate = await client.post(ITEMS, json={"title": "Once"}, headers=other_caller)
+    separate = await client.post(ITEMS, json=body, headers=other_caller)
     assert separate.status_code == 201
     assert separate.json()["id"] != first.json()["id"]
+    assert await count_rows(db_engine, IdempotencyRecord) == 2
+    bad = await client.post(ITEMS, json=body, headers=headers | {"Idempotency-Key": ""})
+    assert bad.status_code == 422
 
 
 async def test_an_idempotency_key_is_not_replayed_into_another_tenant(
-    redis_client: tuple[Settings, AsyncClient],
+    client: AsyncClient, settings: Settings
 ) -> None:
-    settings, client = redis_client
     key = uuid.uuid4().hex
     sub = f"idem-{key}"
     in_acme = caller(settings, sub, "acme") | {"Idempotency-Key": key}
@@ -386,10 +398,45 @@ async def test_an_idempotency_key_is_not_replayed_into_another_tenant(
     assert second.json()["id"] != first.json()["id"]
 
 
-async def test_concurrent_requests_with_one_key_create_one_item(
-    redis_client: tuple[Settings, AsyncClient], db_engine: AsyncEngine
+@contextlib.asynccontextmanager
+async def redis_that_is(state: str) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
+    """A `REDIS_URL`, and what happens to that Redis between two requests."""
+    if state == "restarted-empty":
+        async with redis_server() as server:
+            yield server.url, server.restart
+        return
+
+    async def nothing() -> None:
+        return None
+
+    yield ("" if state == "absent" else f"redis://{CLOSED_PORT_URL}/0"), nothing
+
+
+@pytest.mark.parametrize("state", ["absent", "refusing", "restarted-empty"])
+async def test_a_retry_is_replayed_whatever_happened_to_redis(
+    database_url: str, clean_db: None, db_engine: AsyncEngine, state: str
 ) -> None:
-    settings, client = redis_client
+    """Keys are kept in the database: without Redis, with Redis refusing connections (the
+    cache backing off), or restarted empty between the two requests, a retry creates
+    nothing and gets the first response."""
+    async with redis_that_is(state) as (redis_url, between_requests):
+        settings = make_settings(database_url, REDIS_URL=redis_url)
+        async with running_app(settings) as (_, client):
+            key = uuid.uuid4().hex
+            headers = caller(settings, f"idem-{key}", f"t-{key}") | {"Idempotency-Key": key}
+            first = await client.post(ITEMS, json={"title": "Once"}, headers=headers)
+            await between_requests()
+            second = await client.post(ITEMS, json={"title": "Once"}, headers=headers)
+    assert first.status_code == second.status_code == 201
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.content == first.content
+    assert await count_rows(db_engine, Item, col(Item.tenant_id) == f"t-{key}") == 1
+    assert await count_rows(db_engine, IdempotencyRecord) == 1
+
+
+async def test_concurrent_requests_with_one_key_create_one_item(
+    client: AsyncClient, settings: Settings, db_engine: AsyncEngine
+) -> None:
     key = uuid.uuid4().hex
     tenant = f"t-{key}"
     headers = caller(settings, f"idem-{key}", tenant) | {"Idempotency-Key": key}
@@ -397,25 +444,33 @@ async def test_concurrent_requests_with_one_key_create_one_item(
         responses = await asyncio.gather(
             *(client.post(ITEMS, json={"title": "Once"}, headers=headers) for _ in range(4))
         )
-    created = [r for r in responses if r.status_code == 201]
-    assert created
-    assert {r.json()["id"] for r in created} == {created[0].json()["id"]}
-    assert all(r.status_code in {201, 409} for r in responses)
-    async with db_engine.connect() as conn:
-        count = select(func.count()).select_from(Item).where(Item.tenant_id == tenant)
-        assert (await conn.execute(count)).scalar_one() == 1
+    assert [r.status_code for r in responses] == [201] * 4
+    assert {r.content for r in responses} == {responses[0].content}
+    replayed = [r for r in responses if r.headers.get("idempotent-replayed") == "true"]
+    assert len(replayed) == 3
+    assert await count_rows(db_engine, Item, col(Item.tenant_id) == tenant) == 1
+    assert await count_rows(db_engine, IdempotencyRecord) == 1
 
 
 async def test_a_failed_request_does_not_burn_its_idempotency_key(
-    redis_client: tuple[Settings, AsyncClient],
+    client: AsyncClient, settings: Settings
 ) -> None:
-    settings, client = redis_client
     key = uuid.uuid4().hex
     headers = caller(settings, f"idem-{key}", "acme") | {"Idempotency-Key": key}
     rejected = await client.post(ITEMS, json={"title": ""}, headers=headers)
     assert rejected.status_code == 422
     created = await client.post(ITEMS, json={"title": "Fine"}, headers=headers)
     assert created.status_code == 201
+    assert "idempotent-replayed" not in created.headers
+
+
+@pytest.fixture
+async def redis_client(
+    database_url: str, redis_url: str, clean_db: None
+) -> AsyncIterator[tuple[Settings, AsyncClient]]:
+    settings = make_settings(database_url, REDIS_URL=redis_url)
+    async with running_app(settings) as (_, client):
+        yield settings, client
 
 
 async def test_single_item_reads_are_cached_and_invalidated_by_writes(
