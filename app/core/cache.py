@@ -147,10 +147,6 @@ class Cache:
         self.breaker = breaker or RedisBreaker.for_client(redis)
         self._set_if_newer = redis.register_script(_SET_IF_NEWER) if redis is not None else None
 
-    @property
-    def available(self) -> bool:
-        return self.redis is not None and not self.breaker.is_open
-
     def _failed(self, operation: str, exc: BaseException) -> None:
         if self.breaker.warning_due("cache"):
             logger.warning("cache %s failed, treating as a miss: %s", operation, type(exc).__name__)

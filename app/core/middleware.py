@@ -116,9 +116,6 @@ def _limited(receive: Receive, scope: Scope, default: int) -> Receive:
     return receive_with_limit
 
 
-_BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
 class RequestContextMiddleware:
     """Request id, client address, body limit, security headers, access log and
     last-resort error rendering."""
@@ -151,8 +148,7 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         if self.trusted_proxies is not None:
             self.trusted_proxies.apply(scope)
-        if scope["method"] not in _BODILESS_METHODS:
-            receive = _limited(receive, scope, self.max_body_bytes)
+        receive = _limited(receive, scope, self.max_body_bytes)  # any method may send a body
         # Shared by reference, so it survives layers that copy the scope dict.
         added_headers: dict[bytes, bytes] = {}
         scope[RESPONSE_HEADERS_KEY] = added_headers

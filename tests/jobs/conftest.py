@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -44,6 +44,15 @@ def settings(database_url: str, redis_url: str, clean_db: None) -> Settings:
 # relay: run at start-up and every few seconds, it would add runs tests do not expect.
 # Tests of the relay pass `cron_jobs=CRON_JOBS`.
 TEST_CRON_JOBS = tuple(entry for entry in CRON_JOBS if entry[0] is not relay_job_outbox)
+
+
+@pytest.fixture
+async def queue(settings: Settings) -> AsyncIterator[JobQueue]:
+    """A queue on the test's own queue name."""
+    redis = create_redis(settings)
+    assert redis is not None
+    yield JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME)
+    await redis.aclose()
 
 
 def make_worker(

@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -34,14 +33,6 @@ runs: dict[str, int] = {}
 async def echo(ctx: JobContext, word: str) -> str:
     runs[word] = runs.get(word, 0) + 1
     return word
-
-
-@pytest.fixture
-async def queue(settings: Settings) -> AsyncIterator[JobQueue]:
-    redis = create_redis(settings)
-    assert redis is not None
-    yield JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME)
-    await redis.aclose()
 
 
 async def store(engine: AsyncEngine, *jobs: PreparedJob, age: float = 60.0) -> None:

@@ -8,7 +8,6 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
@@ -54,14 +53,6 @@ async def flaky(ctx: JobContext, marker: str) -> dict[str, object]:
 async def waits(ctx: JobContext, marker: str, payload: dict[str, object]) -> dict[str, object]:
     await gates[marker].wait()
     return {"echo": payload}
-
-
-@pytest.fixture
-async def queue(settings: Settings) -> AsyncIterator[JobQueue]:
-    redis = create_redis(settings)
-    assert redis is not None
-    yield JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME)
-    await redis.aclose()
 
 
 async def wait_for_state(queue: JobQueue, job_id: str, state: JobState) -> JobInfo:
