@@ -66,6 +66,7 @@ class Principal:
     roles: frozenset[str]
     tenant_id: str | None
     claims: Mapping[str, Any] = field(compare=False)
+    issuer: str = ""  # the token's `iss`: with `subject`, what identifies the caller
 
     def has_any_role(self, *roles: str) -> bool:
         return not self.roles.isdisjoint(roles)
@@ -292,6 +293,7 @@ class TokenVerifier:
             roles=roles_from(claim_at(claims, config.roles_claim)),
             tenant_id=tenant,
             claims=MappingProxyType(claims),
+            issuer=claims["iss"],
         )
 
     def token_from_cookie(self, request: Request) -> str | None:
