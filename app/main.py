@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import __version__
 from app.api import well_known
 from app.api.v1.router import ROUTERS
+from app.core.accounts import AccountStatusCache
 from app.core.auth_providers import ProviderConfig, provider_config
 from app.core.cache import REDIS_ERRORS, Cache, RedisBreaker, create_redis
 from app.core.config import Settings, get_settings
@@ -52,6 +53,7 @@ class AppState(TypedDict):
     jobs: JobQueue | None
     rate_limiter: RateLimiter
     verifier: TokenVerifier
+    accounts: AccountStatusCache
 
 
 async def _check_redis(redis: Redis | None, timeout: float) -> None:
@@ -111,6 +113,7 @@ def _lifespan(
                     breaker=breaker,
                 ),
                 verifier=verifier,
+                accounts=AccountStatusCache(settings.AUTH_DEACTIVATION_TTL),
             )
 
     return lifespan

@@ -8,15 +8,18 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.core.accounts import AccountStatusCache
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import ReadSessionDep, SessionDep, session_context
+from app.core.exceptions import PermissionDeniedError
 from app.core.health import ReadinessProbe
 from app.core.pagination import CursorCodec
 from app.core.security import CurrentPrincipal, OptionalPrincipal, Principal, require_roles
 from app.jobs.enqueue import JobQueueDep, JobsDep
+from app.models.base import utcnow
 from app.models.user import User
-from app.services.users import get_or_create_user
+from app.services.users import find_user, get_or_create_user, is_up_to_date, remember_status
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -39,21 +42,71 @@ async def get_cursor_codec(request: Request) -> CursorCodec:
     return codec
 
 
+async def get_account_status(request: Request) -> AccountStatusCache:
+    accounts: AccountStatusCache = request.state.accounts
+    return accounts
+
+
+AccountStatusDep = Annotated[AccountStatusCache, Depends(get_account_status)]
+
+
 def job_owner(principal: Principal) -> str:
     """How a job records who asked for it (checked when its status is read): the
-    identity and the tenant it acted for, so a caller moved to another tenant no longer
-    reaches jobs (and exports) made with the old one."""
-    return json.dumps([principal.provider, principal.subject, principal.tenant_id])
+    identity (issuer and subject) and the tenant it acted for, so a caller moved to
+    another tenant no longer reaches jobs (and exports) made with the old one."""
+    return json.dumps([principal.issuer, principal.subject, principal.tenant_id])
 
 
-async def get_current_user(principal: CurrentPrincipal, request: Request) -> User:
-    """The caller's `users` row, created on first use (401 without a valid token).
-
-    Looked up in a short read session whose connection goes back to the pool at once,
-    so the handler's own session is the only one the request holds.
-    """
+async def _load_user(request: Request, principal: Principal) -> User:
+    """The caller's row as it stands: one SELECT in a read session (its connection goes
+    back to the pool at once), plus a short write transaction only when the row is
+    missing, predates issuers, or needs its claims or `last_seen_at` refreshed."""
     async with session_context(request.state.read_session_factory) as session:
-        return await get_or_create_user(session, principal)
+        user = await find_user(session, principal)
+    if user is None or not is_up_to_date(user, principal, utcnow()):
+        async with session_context(request.state.session_factory) as session:
+            user = await get_or_create_user(session, principal)
+    return user
+
+
+def _refuse_if_deactivated(accounts: AccountStatusCache, user: User) -> User:
+    remember_status(accounts, user)
+    if user.is_deleted:
+        raise PermissionDeniedError("This account has been deactivated.")
+    return user
+
+
+async def get_current_user(
+    principal: CurrentPrincipal, request: Request, accounts: AccountStatusDep
+) -> User:
+    """The caller's `users` row, created on first use (401 without a valid token, 403
+    when the account is deactivated)."""
+    return _refuse_if_deactivated(accounts, await _load_user(request, principal))
+
+
+async def require_active_account(
+    principal: CurrentPrincipal, request: Request, accounts: AccountStatusDep
+) -> None:
+    """403 for a deactivated account, on every authenticated route (routers take it as a
+    dependency). Answered from this process's cache (no round trip) while it is fresh;
+    otherwise one lookup, which does not create a row for a caller that has none."""
+    active = accounts.get(principal.issuer, principal.subject)
+    if active is True:
+        return
+    if active is False:
+        raise PermissionDeniedError("This account has been deactivated.")
+    async with session_context(request.state.read_session_factory) as session:
+        user = await find_user(session, principal)
+    if user is not None and user.issuer is None:  # adopt it before anything reads by issuer
+        async with session_context(request.state.session_factory) as session:
+            user = await get_or_create_user(session, principal)
+    if user is None:
+        accounts.remember(principal.issuer, principal.subject, active=True)
+        return
+    _refuse_if_deactivated(accounts, user)
+
+
+ActiveAccount = Depends(require_active_account)
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
@@ -63,6 +116,8 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 CursorCodecDep = Annotated[CursorCodec, Depends(get_cursor_codec)]
 
 __all__ = [
+    "AccountStatusDep",
+    "ActiveAccount",
     "CacheDep",
     "CurrentPrincipal",
     "CurrentUser",

@@ -9,7 +9,8 @@ never stored without what its request created, nor those without the key, whatev
 happens to Redis or the process: a request that fails (its commit included) leaves
 the key free for a retry. A second request with the same key while the first is
 running waits for it, then replays its response. Records are kept for `RECORD_TTL`
-(24 h), then purged. Keys are scoped to the caller (identity and tenant) and route.
+(24 h), then purged. Keys are scoped to the caller (issuer, subject and tenant) and
+route.
 
 A handler calls `replay(body)` first, returns the response it gives if any, and
 otherwise calls `remember(response)` before returning its own response.
@@ -103,7 +104,7 @@ async def get_idempotency(
     ] = None,
 ) -> Idempotency:
     """Idempotency for this request, keyed by caller and route, in the request's session."""
-    who = [principal.provider, principal.subject, principal.tenant_id]
+    who = [principal.issuer, principal.subject, principal.tenant_id]
     where = f"{request.method} {request.url.path}"
     scope = hashlib.sha256(json.dumps([*who, where]).encode()).hexdigest()
     return Idempotency(session, scope, key)

@@ -41,6 +41,10 @@ class ProviderConfig:
     audience_claim: str = "aud"
     authorized_parties: frozenset[str] = frozenset()
     reject_pending_sessions: bool = False
+    # RFC 9068: only tokens whose header says `typ: at+jwt` (OIDC_REQUIRE_AT_JWT).
+    require_at_jwt: bool = False
+    # Supabase anonymous sign-ins (`is_anonymous: true`); SUPABASE_ALLOW_ANONYMOUS.
+    allow_anonymous: bool = True
     roles_claim: str = "roles"
     tenant_claim: str | None = None
     session_cookie: str | None = None
@@ -81,6 +85,7 @@ def _supabase(settings: Settings) -> ProviderConfig:
         jwks_url=f"{issuer}/.well-known/jwks.json",
         pinned_jwks=pinned,
         audiences=frozenset({settings.SUPABASE_JWT_AUDIENCE}),
+        allow_anonymous=settings.SUPABASE_ALLOW_ANONYMOUS,
         roles_claim="app_metadata.roles",
         tenant_claim="app_metadata.tenant_id",
     )
@@ -117,6 +122,7 @@ def _oidc(settings: Settings) -> ProviderConfig:
         discovery_url=None if settings.OIDC_JWKS_URL else discovery,
         audiences=frozenset(settings.OIDC_AUDIENCE),
         audience_claim=settings.OIDC_AUDIENCE_CLAIM,
+        require_at_jwt=settings.OIDC_REQUIRE_AT_JWT,
         roles_claim=settings.OIDC_ROLES_CLAIM,
         tenant_claim=settings.OIDC_TENANT_CLAIM or None,
     )

@@ -146,10 +146,16 @@ class Settings(BaseSettings):
     AUTH_JWKS_CACHE_TTL: float = Field(default=600.0, ge=1, le=86_400)
     AUTH_JWKS_REFRESH_COOLDOWN: float = Field(default=30.0, ge=0, le=3_600)
     AUTH_LEEWAY: float = Field(default=30.0, ge=0, le=300)
+    AUTH_JWKS_MAX_STALE: float = Field(default=86_400.0, ge=1, le=30 * 86_400)
+    AUTH_MAX_TOKEN_BYTES: int = Field(default=16_384, ge=1024, le=262_144)
+    AUTH_MAX_TOKEN_LIFETIME: int = Field(default=86_400, ge=0, le=366 * 86_400)
+    # Seconds a process trusts its cached "this account is active" answer (0: no cache).
+    AUTH_DEACTIVATION_TTL: float = Field(default=5.0, ge=0, le=3_600)
 
     SUPABASE_URL: str = ""
     SUPABASE_JWT_AUDIENCE: str = "authenticated"
     SUPABASE_JWT_SECRET: SecretStr | None = None
+    SUPABASE_ALLOW_ANONYMOUS: bool = True
 
     CLERK_ISSUER: str = ""
     CLERK_AUTHORIZED_PARTIES: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -162,6 +168,7 @@ class Settings(BaseSettings):
     OIDC_ROLES_CLAIM: str = "roles"
     OIDC_TENANT_CLAIM: str = ""
     OIDC_AUDIENCE_CLAIM: str = "aud"
+    OIDC_REQUIRE_AT_JWT: bool = False
 
     LOCAL_AUTH_PRIVATE_KEY: SecretStr | None = None
     LOCAL_AUTH_KEY_FILE: str = ".secrets/local_auth_key.pem"
@@ -297,11 +304,31 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_auth_limits(self) -> Self:
+        if self.AUTH_JWKS_MAX_STALE < self.AUTH_JWKS_CACHE_TTL:
+            raise ValueError(
+                "AUTH_JWKS_MAX_STALE must be at least AUTH_JWKS_CACHE_TTL: keys are only "
+                "refetched once the cache expires"
+            )
+        lifetime = self.AUTH_MAX_TOKEN_LIFETIME
+        if self.AUTH_PROVIDER is AuthProvider.LOCAL and 0 < lifetime < self.LOCAL_AUTH_TOKEN_TTL:
+            raise ValueError(
+                f"LOCAL_AUTH_TOKEN_TTL ({self.LOCAL_AUTH_TOKEN_TTL}) exceeds "
+                f"AUTH_MAX_TOKEN_LIFETIME ({lifetime}): every local token would be refused"
+            )
+        return self
+
     def _auth_production_problems(self) -> list[str]:
         problems = []
         if self.AUTH_PROVIDER is AuthProvider.LOCAL:
             problems.append(
                 "AUTH_PROVIDER=local is for development and tests; use supabase, clerk or oidc"
+            )
+        if self.AUTH_PROVIDER is AuthProvider.CLERK and not self.CLERK_AUTHORIZED_PARTIES:
+            problems.append(
+                "CLERK_AUTHORIZED_PARTIES must list the front-end origins: without it any "
+                "site's token (azp) is accepted and cookie requests cannot be checked"
             )
         for name in ("SUPABASE_URL", "CLERK_ISSUER", "OIDC_ISSUER", "OIDC_JWKS_URL"):
             if urlsplit(str(getattr(self, name))).scheme == "http":  # any case: HTTP://

@@ -11,7 +11,9 @@ impossible by construction. Symmetric keys are accepted only when configured loc
 matched whatever the token's `kid`), plus a remote JWKS fetched with httpx. Remote keys
 are refreshed after `ttl`; an unknown `kid` triggers a refetch at most once per
 `cooldown`, and concurrent misses share one fetch. A failed fetch keeps the last good
-keys; with none, `find` raises `ServiceUnavailableError` (503).
+keys, but only for `max_stale` seconds after the last successful fetch: past that, while
+fetches keep failing, they are dropped. With no keys, `find` raises
+`ServiceUnavailableError` (503).
 """
 
 from __future__ import annotations
@@ -193,6 +195,7 @@ class KeyStore:
         ttl: float = 600.0,
         cooldown: float = 30.0,
         timeout: float = 5.0,
+        max_stale: float = 86_400.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.algorithms = frozenset(algorithms)
@@ -203,6 +206,7 @@ class KeyStore:
         self.ttl = ttl
         self.cooldown = cooldown
         self.timeout = timeout
+        self.max_stale = max_stale
         self.clock = clock
         self._fetched_at = -math.inf
         self._attempted_at = -math.inf
@@ -231,6 +235,12 @@ class KeyStore:
                 await self._refresh()
             elif self.clock() - self._fetched_at >= self.ttl:
                 await self._refresh_expired()
+            if self.remote is not None and self._too_stale():
+                logger.error(
+                    "JWKS unreachable for %.0f s (AUTH_JWKS_MAX_STALE); dropping the cached keys",
+                    self.clock() - self._fetched_at,
+                )
+                self.remote = None
             if self.remote is None:
                 raise ServiceUnavailableError(
                     "The identity provider is unreachable; try again shortly.",
@@ -248,11 +258,16 @@ class KeyStore:
     async def _refresh_expired(self) -> None:
         # While the provider answers, expired keys are replaced before use, so a key it
         # removed stops working. Once a fetch has failed the cached keys are all there
-        # is: keep serving them and retry in the background, without making requests wait.
-        if self._last_fetch_ok:
+        # is: keep serving them and retry in the background, without making requests wait,
+        # until they are `max_stale` old; then a request waits for the retry again.
+        if self._last_fetch_ok or self._too_stale():
             await self._refresh()
         elif self._running is None and self.clock() - self._attempted_at >= self.cooldown:
             self._launch()
+
+    def _too_stale(self) -> bool:
+        """Fetches are failing and the last good keys are older than `max_stale`."""
+        return not self._last_fetch_ok and self.clock() - self._fetched_at >= self.max_stale
 
     def _launch(self) -> None:
         self._attempted_at = self.clock()

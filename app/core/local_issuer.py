@@ -159,5 +159,8 @@ class LocalIssuer:
             claims["tenant_id"] = tenant_id
         claims.update(extra_claims or {})
         return jwt.encode(
-            claims, self._private_key, algorithm=self.algorithm, headers={"kid": self.kid}
+            claims,
+            self._private_key,
+            algorithm=self.algorithm,
+            headers={"kid": self.kid, "typ": "at+jwt"},  # RFC 9068: an access token
         )

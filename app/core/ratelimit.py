@@ -62,7 +62,7 @@ class PrincipalLike(Protocol):
     """What the limiter needs from an authenticated caller."""
 
     @property
-    def provider(self) -> str: ...
+    def issuer(self) -> str: ...
 
     @property
     def subject(self) -> str: ...
@@ -153,7 +153,8 @@ class RateLimiter:
     def identity(self, scope: Scope, principal: PrincipalLike | None) -> str:
         """Who a request counts against: the principal when authenticated, else the IP."""
         if principal is not None:
-            return f"user:{principal.provider}:{principal.subject}"
+            # The issuer's length first: an issuer may contain ":" (it is a URL).
+            return f"user:{len(principal.issuer)}:{principal.issuer}:{principal.subject}"
         return f"ip:{self.client_ip(scope)}"
 
 

@@ -2,10 +2,12 @@
 
 `TokenVerifier` checks a bearer token against the configured provider preset
 (`app.core.auth_providers`) using keys from its `KeyStore` (`app.core.jwks`): size cap
-before parsing, per-provider algorithm allow-list, no `crit` extensions, header URLs
-(`jku`, `x5u`, `x5c`, `jwk`) never read, exact `iss`, audience, required `exp`/`iat`/
-`sub`/`iss`, `nbf`, leeway. A rejected token is a 401 with a short reason; the log
-records which check failed. No provider has its own verification path.
+before parsing, no repeated JSON member names, per-provider algorithm allow-list, no
+`crit` extensions, an access-token `typ`, header URLs (`jku`, `x5u`, `x5c`, `jwk`) never
+read, exact `iss`, audience, required `exp`/`iat`/`sub`/`iss` with JSON-number dates,
+`nbf`, leeway, no ID-token claims, a lifetime cap. A rejected token is a 401 with a short
+reason; the log records which check failed. No provider has its own verification path.
+`docs/authentication.md` lists every check in the order it is made.
 
 Handlers use the aliases: `CurrentPrincipal`, `OptionalPrincipal` and
 `Depends(require_roles("admin"))`. A resolved principal is also stored at
@@ -29,15 +31,25 @@ import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from jwt import PyJWK
+from jwt.utils import base64url_decode
 
 from app.core.auth_providers import ProviderConfig
 from app.core.config import Settings
 from app.core.exceptions import AuthenticationError, PermissionDeniedError
 from app.core.jwks import MAX_KID_LENGTH, JwksFetcher, KeyStore, parse_jwks
+from app.core.token_checks import (
+    ACCESS_TOKEN_TYPES,
+    AT_JWT_TYPES,
+    TOO_LARGE,
+    RejectedTokenError,
+    StrictJWT,
+    check_header_type,
+    check_token_kind,
+    json_object,
+)
 
 logger = logging.getLogger(__name__)
 
-MAX_TOKEN_LENGTH = 8 * 1024
 MAX_SUBJECT_LENGTH = 255
 MAX_EMAIL_LENGTH = 320
 MAX_ROLES = 64
@@ -125,24 +137,27 @@ class _VerifiedToken:
     valid_until: float
 
 
-class _RejectedTokenError(Exception):
-    def __init__(self, check: str, detail: object = None, message: str = "") -> None:
-        super().__init__(check)
-        self.check = check
-        self.detail = detail
-        self.message = message or "The token is invalid."
-
-
 class TokenVerifier:
     """Verifies bearer tokens for one provider preset and maps claims to a `Principal`."""
 
-    def __init__(self, config: ProviderConfig, keys: KeyStore, *, leeway: float) -> None:
+    def __init__(
+        self,
+        config: ProviderConfig,
+        keys: KeyStore,
+        *,
+        leeway: float,
+        max_token_bytes: int = 16_384,
+        max_lifetime: int = 86_400,
+    ) -> None:
         self.config = config
         self.keys = keys
         self.leeway = leeway
+        self.max_token_bytes = max_token_bytes
+        self.max_lifetime = max_lifetime  # 0: no cap on `exp - iat`
+        self._token_types = AT_JWT_TYPES if config.require_at_jwt else ACCESS_TOKEN_TYPES
         checks_aud = bool(config.audiences) and config.audience_claim == "aud"
         self._audience = sorted(config.audiences) if checks_aud else None
-        self._jwt = jwt.PyJWT({"require": REQUIRED_CLAIMS, "verify_aud": checks_aud})
+        self._jwt = StrictJWT({"require": REQUIRED_CLAIMS, "verify_aud": checks_aud})
         local = config.local_jwks
         self.published_jwks = json.dumps(local).encode() if local is not None else None
         self._verified: dict[str, _VerifiedToken] = {}
@@ -172,8 +187,15 @@ class TokenVerifier:
             ttl=settings.AUTH_JWKS_CACHE_TTL,
             cooldown=settings.AUTH_JWKS_REFRESH_COOLDOWN,
             timeout=settings.AUTH_HTTP_TIMEOUT,
+            max_stale=settings.AUTH_JWKS_MAX_STALE,
         )
-        return cls(config, keys, leeway=settings.AUTH_LEEWAY)
+        return cls(
+            config,
+            keys,
+            leeway=settings.AUTH_LEEWAY,
+            max_token_bytes=settings.AUTH_MAX_TOKEN_BYTES,
+            max_lifetime=settings.AUTH_MAX_TOKEN_LIFETIME,
+        )
 
     def start(self) -> None:
         self.keys.start()
@@ -190,7 +212,7 @@ class TokenVerifier:
             self._verified.pop(token, None)  # expired or its key is gone: verify afresh
         try:
             verified = await self._verify(token)
-        except _RejectedTokenError as rejected:
+        except RejectedTokenError as rejected:
             logger.info(
                 "token rejected: %s (%s)",
                 rejected.check,
@@ -224,28 +246,31 @@ class TokenVerifier:
         self._verified[token] = verified
 
     def _header(self, token: str) -> dict[str, Any]:
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise _RejectedTokenError("token too large", len(token))
+        # Header values reach us latin-1 decoded: one character per byte.
+        if len(token) > self.max_token_bytes:
+            raise RejectedTokenError("token too large", len(token), TOO_LARGE)
         if token.count(".") != 2:
-            raise _RejectedTokenError("malformed token", "not three segments")
+            raise RejectedTokenError("malformed token", "not three segments")
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise _RejectedTokenError("malformed token", exc) from None
+            raw = base64url_decode(token.partition(".")[0])
+        except ValueError as exc:  # binascii.Error, non-ASCII text
+            raise RejectedTokenError("malformed token", exc) from None
+        header = json_object(raw, "header")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.config.algorithms:
-            raise _RejectedTokenError("algorithm not allowed", alg)
+            raise RejectedTokenError("algorithm not allowed", alg)
         if "crit" in header or "b64" in header:
-            raise _RejectedTokenError("unsupported critical header", header.get("crit"))
+            raise RejectedTokenError("unsupported critical header", header.get("crit"))
+        check_header_type(header, self._token_types)
         return header
 
     async def _key_for(self, header: Mapping[str, Any]) -> PyJWK:
         kid = header.get("kid")
         if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_LENGTH):
-            raise _RejectedTokenError("bad kid", str(kid)[:64])
+            raise RejectedTokenError("bad kid", str(kid)[:64])
         key = await self.keys.find(kid, header["alg"])
         if key is None:
-            raise _RejectedTokenError("no key for kid and algorithm", (kid, header["alg"]))
+            raise RejectedTokenError("no key for kid and algorithm", (kid, header["alg"]))
         return key
 
     def _decode(self, token: str, key: PyJWK, alg: str) -> dict[str, Any]:
@@ -259,23 +284,24 @@ class TokenVerifier:
                 leeway=self.leeway,
             )
         except jwt.ExpiredSignatureError:
-            raise _RejectedTokenError("expired", message="The token has expired.") from None
+            raise RejectedTokenError("expired", message="The token has expired.") from None
         except jwt.PyJWTError as exc:
-            raise _RejectedTokenError(type(exc).__name__, exc) from None
+            raise RejectedTokenError(type(exc).__name__, exc) from None
 
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
         config = self.config
         subject = claims["sub"]
         if not subject or len(subject) > MAX_SUBJECT_LENGTH or _UNSTORABLE.search(subject):
-            raise _RejectedTokenError("subject empty, too long or not printable")
+            raise RejectedTokenError("subject empty, too long or not printable")
         if config.audiences and config.audience_claim != "aud":
             audience = claims.get(config.audience_claim)
             if not isinstance(audience, str) or audience not in config.audiences:
-                raise _RejectedTokenError(f"audience claim {config.audience_claim}", audience)
+                raise RejectedTokenError(f"audience claim {config.audience_claim}", audience)
         if config.authorized_parties and not _authorized_party(claims, config):
-            raise _RejectedTokenError("azp not authorized", claims.get("azp"))
+            raise RejectedTokenError("azp not authorized", claims.get("azp"))
         if config.reject_pending_sessions and claims.get("sts") == "pending":
-            raise _RejectedTokenError("session pending")
+            raise RejectedTokenError("session pending")
+        check_token_kind(claims, self.max_lifetime, allow_anonymous=config.allow_anonymous)
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         config = self.config
@@ -285,7 +311,7 @@ class TokenVerifier:
         if not isinstance(tenant, str) or not tenant:
             tenant = None
         elif len(tenant) > MAX_SUBJECT_LENGTH or _UNSTORABLE.search(tenant):
-            raise _RejectedTokenError("tenant claim too long or not printable")
+            raise RejectedTokenError("tenant claim too long or not printable")
         return Principal(
             provider=config.name,
             subject=claims["sub"],
@@ -306,6 +332,25 @@ _bearer = HTTPBearer(
     bearerFormat="JWT",
     description="An access token from the configured identity provider.",
 )
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_SAME_ORIGIN_FETCHES = frozenset({"same-origin", "none"})
+
+
+def _refuse_cross_site(request: Request, allowed_origins: frozenset[str]) -> None:
+    """A session cookie rides along with any request a browser makes, a plain form on
+    another site included: a cookie-authenticated unsafe request must come from one of
+    the authorized origins (`Origin`), or say it is same-origin (`Sec-Fetch-Site`)."""
+    origin = request.headers.get("origin")
+    if origin is not None:
+        if origin in allowed_origins:
+            return
+    elif request.headers.get("sec-fetch-site") in _SAME_ORIGIN_FETCHES:
+        return
+    raise PermissionDeniedError(
+        "A cookie-authenticated request that changes something must come from an "
+        "authorized origin (CLERK_AUTHORIZED_PARTIES); send the token as a Bearer header "
+        "from anywhere else."
+    )
 
 
 async def get_optional_principal(
@@ -314,7 +359,12 @@ async def get_optional_principal(
 ) -> Principal | None:
     """The caller, or None when no token was sent. A token that was sent must be valid."""
     verifier: TokenVerifier = request.state.verifier
-    token = credentials.credentials if credentials else verifier.token_from_cookie(request)
+    if credentials:
+        token: str | None = credentials.credentials
+    else:
+        token = verifier.token_from_cookie(request)
+        if token and request.method not in _SAFE_METHODS:
+            _refuse_cross_site(request, verifier.config.authorized_parties)
     if not token:
         return None
     try:

@@ -42,7 +42,10 @@ async def export_items(
     ctx: JobContext, scope: dict[str, str | None], filters: dict[str, str | None]
 ) -> dict[str, Any]:
     """Write the scope's items matching `filters` to EXPORT_DIR; the result says where."""
-    item_scope = ItemScope(scope.get("tenant_id"), str(scope["provider"]), str(scope["subject"]))
+    # Jobs queued before identities carried their issuer name a provider: their owner is
+    # unknown by issuer, so only a tenant's export (which needs no owner) still matches.
+    issuer = str(scope.get("issuer", ""))
+    item_scope = ItemScope(scope.get("tenant_id"), issuer, str(scope["subject"]))
     path = export_path(ctx.settings.EXPORT_DIR, ctx.job_id)
     rows = await export_items_csv(ctx.session, item_scope, _filters(filters), path)
     logger.info("exported %d items to %s", rows, path.name, extra={"job_id": ctx.job_id})

@@ -38,24 +38,26 @@ EXPORT_BATCH_SIZE = 500
 
 @dataclass(frozen=True, slots=True)
 class ItemScope:
-    """Whose items a caller sees: a tenant's, or (without a tenant) one user's own."""
+    """Whose items a caller sees: a tenant's, or (without a tenant) one user's own, the
+    user being the token's issuer and subject."""
 
     tenant_id: str | None
-    provider: str
+    issuer: str
     subject: str
 
     def where(self) -> ColumnElement[bool]:
         if self.tenant_id is not None:
             return col(Item.tenant_id) == self.tenant_id
         owner = select(col(User.id)).where(
-            col(User.provider) == self.provider, col(User.subject) == self.subject
+            col(User.subject) == self.subject, col(User.issuer) == self.issuer
         )
         return and_(col(Item.tenant_id).is_(None), col(Item.owner_id) == owner.scalar_subquery())
 
     def cache_key(self, item_id: uuid.UUID) -> str:
         if self.tenant_id is not None:
             return f"items:t:{self.tenant_id}:{item_id}"
-        return f"items:u:{self.provider}:{self.subject}:{item_id}"
+        # The issuer's length first: an issuer may contain ":", the key stays unambiguous.
+        return f"items:u:{len(self.issuer)}:{self.issuer}:{self.subject}:{item_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,13 +6,13 @@ import functools
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam
+from sqlalchemy import and_, bindparam, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
-from app.core.exceptions import PermissionDeniedError
+from app.core.accounts import AccountStatusCache
 from app.core.security import Principal
 from app.models.base import utcnow, uuid7
 from app.models.user import User
@@ -27,14 +27,25 @@ MAX_DISPLAY_NAME = 100
 @functools.cache
 def _by_identity() -> SelectOfScalar[User]:
     # Built once: SQLAlchemy then reuses its compiled form and cache key on every request.
+    # The identity's row, or a row from before issuers were recorded that its first login
+    # adopts: one index lookup on (subject, issuer) either way.
+    legacy = and_(col(User.issuer).is_(None), col(User.provider) == bindparam("provider"))
     return select(User).where(
-        col(User.provider) == bindparam("provider"), col(User.subject) == bindparam("subject")
+        col(User.subject) == bindparam("subject"),
+        or_(col(User.issuer) == bindparam("issuer"), legacy),
     )
 
 
-async def _find(session: AsyncSession, principal: Principal) -> User | None:
-    params = {"provider": principal.provider, "subject": principal.subject}
-    return (await session.exec(_by_identity(), params=params)).first()
+async def find_user(session: AsyncSession, principal: Principal) -> User | None:
+    """The principal's row (one SELECT): keyed by issuer and subject, else an issuer-less
+    row of the same provider and subject waiting to be adopted (`issuer` is then None)."""
+    params = {
+        "issuer": principal.issuer,
+        "subject": principal.subject,
+        "provider": principal.provider,
+    }
+    rows = (await session.exec(_by_identity(), params=params)).all()
+    return min(rows, key=lambda row: row.issuer is None, default=None)
 
 
 def _initial_display_name(principal: Principal) -> str | None:
@@ -50,6 +61,7 @@ async def _insert_if_missing(session: AsyncSession, principal: Principal, now: d
     values: dict[str, Any] = {
         "id": uuid7(),
         "provider": principal.provider,
+        "issuer": principal.issuer,
         "subject": principal.subject,
         "email": principal.email,
         "display_name": _initial_display_name(principal),
@@ -60,10 +72,24 @@ async def _insert_if_missing(session: AsyncSession, principal: Principal, now: d
     statement = (
         dialect.insert(User)
         .values(**values)
-        .on_conflict_do_nothing(index_elements=["provider", "subject"])
+        .on_conflict_do_nothing(index_elements=["subject", "issuer"])
     )
     # A concurrent first request may insert the same identity: then this is a no-op.
     await session.exec(statement)
+
+
+async def _adopt(session: AsyncSession, user: User, principal: Principal) -> User | None:
+    """Record the issuer on an issuer-less row, once: None when another login (of this or
+    another issuer) adopted it first."""
+    statement = (
+        update(User)
+        .where(col(User.id) == user.id, col(User.issuer).is_(None))
+        .values(issuer=principal.issuer)
+        .returning(User)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    adopted: User | None = (await session.exec(statement)).scalars().first()
+    return adopted
 
 
 def _refresh(user: User, principal: Principal, now: datetime) -> bool:
@@ -81,24 +107,51 @@ def _refresh(user: User, principal: Principal, now: datetime) -> bool:
     return changed
 
 
-async def get_or_create_user(session: AsyncSession, principal: Principal) -> User:
-    """The principal's user row, created on first use and refreshed when claims change.
+def is_up_to_date(user: User, principal: Principal, now: datetime) -> bool:
+    """True when `get_or_create_user` would not write: the row is keyed by the issuer
+    and either deactivated or holding the token's claims and a recent `last_seen_at`."""
+    if user.issuer is None:
+        return False
+    if user.is_deleted:
+        return True
+    return (
+        (principal.email is None or user.email == principal.email)
+        and user.tenant_id == principal.tenant_id
+        and user.last_seen_at is not None
+        and now - user.last_seen_at < LAST_SEEN_RESOLUTION
+    )
 
-    One SELECT when nothing changed; an UPDATE only when the email or tenant changed or
-    `last_seen_at` is older than `LAST_SEEN_RESOLUTION`. Deactivated users get a 403.
+
+async def _find_or_insert(session: AsyncSession, principal: Principal, now: datetime) -> User:
+    user = await find_user(session, principal)
+    if user is not None and user.issuer is None:
+        user = await _adopt(session, user, principal) or await find_user(session, principal)
+    if user is None or user.issuer is None:
+        await _insert_if_missing(session, principal, now)
+        user = await find_user(session, principal)
+        assert user is not None  # noqa: S101  (inserted above or by a concurrent request)
+    return user
+
+
+async def get_or_create_user(session: AsyncSession, principal: Principal) -> User:
+    """The principal's user row (in a write transaction), created on first use, adopted
+    when it predates issuers, refreshed when claims changed.
+
+    An UPDATE only when the email or tenant changed or `last_seen_at` is older than
+    `LAST_SEEN_RESOLUTION`; a deactivated row is returned as it is (callers refuse it).
     """
     now = utcnow()
-    user = await _find(session, principal)
-    if user is None:
-        await _insert_if_missing(session, principal, now)
-        user = await _find(session, principal)
-        assert user is not None  # noqa: S101  (inserted above or by a concurrent request)
-    if user.is_deleted:
-        raise PermissionDeniedError("This account has been deactivated.")
-    if _refresh(user, principal, now):
+    user = await _find_or_insert(session, principal, now)
+    if not user.is_deleted and _refresh(user, principal, now):
         session.add(user)
         await session.flush()
     return user
+
+
+def remember_status(accounts: AccountStatusCache, user: User) -> None:
+    """Tell this process's cache whether the row's identity may call the API."""
+    if user.issuer is not None:
+        accounts.remember(user.issuer, user.subject, active=not user.is_deleted)
 
 
 async def update_profile(session: AsyncSession, user: User, changes: UserUpdate) -> User:

@@ -118,7 +118,7 @@ def test_oidc_preset_with_a_jwks_url_and_cognito_claims() -> None:
 
 def test_local_preset() -> None:
     config = provider_config(make_settings(SQLITE))
-    assert (config.issuer, config.audiences) == (LOCAL_ISSUER, {LOCAL_AUDIENCE})
+    assert (config.issuer, config.audiences) == (LOCAL_ISSUER, frozenset({LOCAL_AUDIENCE}))
     assert config.local_jwks is not None
     assert not config.fetches_keys
     assert config.allow_http  # outside production
@@ -131,8 +131,9 @@ async def test_auth0_issuer_keeps_its_trailing_slash(database_url: str, clean_db
     async with IdentityProvider(issuer_path="/") as idp:
         roles_claim = "https://api.example.com/roles"  # Auth0 namespaced claim with dots
         settings = {"AUTH_PROVIDER": "oidc", "OIDC_ISSUER": idp.issuer, "OIDC_AUDIENCE": "api"}
+        roles: dict[str, Any] = {roles_claim: ["admin"]}
         async with app_for(database_url, **settings, OIDC_ROLES_CLAIM=roles_claim) as client:
-            ok = await client.get(ME, headers=bearer(idp.token(**{roles_claim: ["admin"]})))
+            ok = await client.get(ME, headers=bearer(idp.token(**roles)))
             no_slash = await client.get(ME, headers=bearer(idp.token(iss=idp.base_url)))
     assert ok.status_code == 200
     assert ok.json()["roles"] == ["admin"]
@@ -189,7 +190,8 @@ async def test_cognito_access_tokens_are_checked_through_the_audience_claim(
             OIDC_ROLES_CLAIM="cognito:groups",
         ) as client,
     ):
-        token = idp.token(client_id=client_id, token_use="access", **{"cognito:groups": ["ops"]})
+        groups: dict[str, Any] = {"cognito:groups": ["ops"]}
+        token = idp.token(client_id=client_id, token_use="access", **groups)
         response = await client.get(ME, headers=bearer(token))
     assert response.status_code == status
     if status == 200:
@@ -230,6 +232,21 @@ async def test_supabase_asymmetric_tokens(database_url: str, clean_db: None) -> 
         "t-1",
     )
     assert idp.paths[0] == "/auth/v1/.well-known/jwks.json"
+
+
+async def test_supabase_anonymous_sign_ins_are_a_setting(database_url: str, clean_db: None) -> None:
+    """Anonymous users are accepted by default (Supabase issues them ordinary tokens) and
+    refused with SUPABASE_ALLOW_ANONYMOUS=false."""
+    async with supabase(database_url) as (idp, client):
+        anonymous = idp.token(role="authenticated", is_anonymous=True)
+        assert (await client.get(ME, headers=bearer(anonymous))).status_code == 200
+    async with supabase(database_url, SUPABASE_ALLOW_ANONYMOUS="false") as (idp, client):
+        anonymous = idp.token(role="authenticated", is_anonymous=True)
+        refused = await client.get(ME, headers=bearer(anonymous))
+        signed_in = idp.token(role="authenticated", is_anonymous=False)
+        assert (await client.get(ME, headers=bearer(signed_in))).status_code == 200
+    assert refused.status_code == 401
+    assert refused.json()["error"]["message"] == "Anonymous sign-ins are not accepted."
 
 
 async def test_supabase_legacy_secret_is_a_separate_key_source(

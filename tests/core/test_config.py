@@ -158,6 +158,13 @@ def test_env_example_documents_every_setting_once() -> None:
         ({"LOCAL_AUTH_PRIVATE_KEY": "not a key"}, "LOCAL_AUTH_PRIVATE_KEY"),
         ({"LOCAL_AUTH_ALGORITHM": "HS256"}, "LOCAL_AUTH_ALGORITHM"),
         ({"AUTH_HTTP_TIMEOUT": "0"}, "AUTH_HTTP_TIMEOUT"),
+        ({"AUTH_JWKS_CACHE_TTL": "7200", "AUTH_JWKS_MAX_STALE": "3600"}, "AUTH_JWKS_MAX_STALE"),
+        ({"AUTH_MAX_TOKEN_BYTES": "512"}, "AUTH_MAX_TOKEN_BYTES"),
+        (
+            {"LOCAL_AUTH_TOKEN_TTL": "7200", "AUTH_MAX_TOKEN_LIFETIME": "3600"},
+            "LOCAL_AUTH_TOKEN_TTL",
+        ),
+        ({"AUTH_DEACTIVATION_TTL": "-1"}, "AUTH_DEACTIVATION_TTL"),
     ],
 )
 def test_auth_misconfiguration_names_the_variable(

@@ -24,6 +24,7 @@ async def key_store(
     timeout: float = 5.0,
     discover: bool = False,
     allow_http: bool = True,
+    max_stale: float = 86_400,
 ) -> AsyncIterator[KeyStore]:
     fetcher = JwksFetcher(
         httpx.AsyncClient(timeout=timeout),
@@ -38,6 +39,7 @@ async def key_store(
         ttl=ttl,
         cooldown=cooldown,
         timeout=timeout,
+        max_stale=max_stale,
         clock=clock,
     )
     try:
@@ -146,6 +148,27 @@ async def test_no_cached_keys_and_a_failing_jwks_is_a_503(
         with pytest.raises(ServiceUnavailableError):
             await store.find(idp.key.kid, "RS256")
         assert idp.jwks_fetches == 1  # the second miss waits for the cooldown
+
+
+async def test_keys_are_dropped_once_the_provider_is_unreachable_past_the_stale_limit(
+    idp: IdentityProvider,
+) -> None:
+    """Blocking the JWKS must not keep a key the provider removed valid forever."""
+    clock = Clock()
+    async with key_store(idp, clock, ttl=60, cooldown=30, max_stale=3_600) as store:
+        assert await store.find(idp.key.kid, "RS256") is not None
+        idp.mode = "error"
+        clock.advance(3_599)
+        assert await store.find(idp.key.kid, "RS256") is not None  # stale, still served
+        clock.advance(1)
+        with pytest.raises(ServiceUnavailableError):
+            await store.find(idp.key.kid, "RS256")
+        clock.advance(30)
+        with pytest.raises(ServiceUnavailableError):
+            await store.find(idp.key.kid, "RS256")  # nothing cached comes back
+        idp.mode = "ok"
+        clock.advance(30)
+        assert await store.find(idp.key.kid, "RS256") is not None
 
 
 async def test_the_store_recovers_when_the_jwks_comes_back(idp: IdentityProvider) -> None:

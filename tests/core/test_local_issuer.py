@@ -37,7 +37,7 @@ def test_tokens_carry_the_local_claims(tmp_path: Path, algorithm: str) -> None:
     issuer = LocalIssuer.from_settings(settings)
     token = issuer.issue_token("s1", email="e@x.io", roles=["b", "a"], tenant_id="t", ttl=60)
     header = jwt.get_unverified_header(token)
-    assert (header["alg"], header["kid"]) == (algorithm, issuer.kid)
+    assert (header["alg"], header["kid"], header["typ"]) == (algorithm, issuer.kid, "at+jwt")
     claims = jwt.decode(token, jwt.PyJWK(issuer.public_jwk), audience="urn:local-auth:api")
     assert claims["exp"] - claims["iat"] == 60
     assert (claims["iss"], claims["roles"], claims["tenant_id"]) == (

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from app.api.deps import (
+    ActiveAccount,
     CacheDep,
     CurrentPrincipal,
     CurrentUser,
@@ -37,15 +38,20 @@ from app.services import items as service
 from app.services.item_exports import export_path
 from app.services.items import ItemFilters, ItemScope
 
-router = APIRouter(prefix="/items", tags=["items"])
+_DEACTIVATED: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "The account is deactivated."}
+}
+router = APIRouter(
+    prefix="/items", tags=["items"], dependencies=[ActiveAccount], responses=_DEACTIVATED
+)
 limit_writes = rate_limit(scope="items:write")  # RATE_LIMIT_ITEM_WRITES
 limit_exports = rate_limit(scope="items:export")  # RATE_LIMIT_EXPORTS
-# Changes need an active account: a deactivated user gets 403 (creating uses CurrentUser).
+# Changes also bring the caller's `users` row up to date (creating uses CurrentUser).
 active_account = Depends(get_current_user)
 
 
 async def get_item_scope(principal: CurrentPrincipal) -> ItemScope:
-    return ItemScope(principal.tenant_id, principal.provider, principal.subject)
+    return ItemScope(principal.tenant_id, principal.issuer, principal.subject)
 
 
 ScopeDep = Annotated[ItemScope, Depends(get_item_scope)]
@@ -76,7 +82,6 @@ def _read(item: Item) -> ItemRead:
 
 
 _LIMITED: dict[int | str, dict[str, Any]] = {
-    403: {"model": ErrorResponse, "description": "The account is deactivated."},
     429: {"model": ErrorResponse, "description": "Rate limit exceeded."},
 }
 _DOWNLOAD: dict[int | str, dict[str, Any]] = {
@@ -157,7 +162,7 @@ async def export_items_csv(
     body = body or ItemExportParams()
     scope = {
         "tenant_id": principal.tenant_id,
-        "provider": principal.provider,
+        "issuer": principal.issuer,
         "subject": principal.subject,
     }
     filters = body.model_dump(mode="json")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import CurrentPrincipal, JobQueueDep, ReadSessionDep, job_owner
+from app.api.deps import ActiveAccount, CurrentPrincipal, JobQueueDep, ReadSessionDep, job_owner
 from app.core.exceptions import NotFoundError
 from app.jobs.outbox import job_info_for
 from app.schemas.common import ErrorResponse
 from app.schemas.job import JobRead
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[ActiveAccount])
 
 
 @router.get(
@@ -18,6 +18,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
     response_model=JobRead,
     responses={
         401: {"model": ErrorResponse, "description": "Missing or invalid token."},
+        403: {"model": ErrorResponse, "description": "The account is deactivated."},
         404: {"model": ErrorResponse, "description": "No such job for this caller."},
         503: {"model": ErrorResponse, "description": "The job queue is unreachable."},
     },

@@ -6,14 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.api.deps import CurrentPrincipal, CurrentUser, SessionDep
+from app.api.deps import ActiveAccount, CurrentPrincipal, CurrentUser, SessionDep
 from app.core.security import Principal
 from app.models.user import User
 from app.schemas.common import ErrorResponse
 from app.schemas.user import UserRead, UserUpdate
 from app.services.users import update_profile
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], dependencies=[ActiveAccount])
 
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing, invalid or expired token."},
