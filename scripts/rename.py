@@ -30,6 +30,7 @@ FILES = (
     "docker/docker-compose.yml",
     "docker/k8s/**/*.yaml",
     "docker/k8s/*.env",
+    "docs/*.md",
     "README.md",
     "pyproject.toml",
 )

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel
 
@@ -80,6 +81,24 @@ async def tables(db_engine: AsyncEngine) -> AsyncIterator[None]:
     """The test-only tables of tests/tables.py, created for one test."""
     async with scratch_tables(db_engine):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _leave_the_test_redis_as_found() -> AsyncIterator[None]:
+    """Delete, at the end of the run, every key the run added to TEST_REDIS_URL's
+    database (jobs, queues, cache entries, rate-limit buckets)."""
+    if not TEST_REDIS_URL:
+        yield
+        return
+    redis = Redis.from_url(TEST_REDIS_URL)
+    try:
+        before = {key async for key in redis.scan_iter(count=1000)}
+        yield
+        added = [key async for key in redis.scan_iter(count=1000) if key not in before]
+        for start in range(0, len(added), 500):
+            await redis.delete(*added[start : start + 500])
+    finally:
+        await redis.aclose()
 
 
 @pytest.fixture

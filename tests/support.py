@@ -90,6 +90,7 @@ def production_auth() -> dict[str, str]:
         "AUTH_PROVIDER": "clerk",
         "CLERK_ISSUER": "https://clerk.example.com",
         "CLERK_JWT_KEY": local_public_key(),
+        "CLERK_AUTHORIZED_PARTIES": "https://app.example.com",
     }
 
 
@@ -107,12 +108,12 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "DB_USE_NULL_POOL": False,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @functools.lru_cache(maxsize=8)
 def _local_issuer(private_key: str, algorithm: str) -> LocalIssuer:
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None, LOCAL_AUTH_PRIVATE_KEY=private_key, LOCAL_AUTH_ALGORITHM=algorithm
     )
     return LocalIssuer.from_settings(settings)
@@ -173,7 +174,8 @@ async def temporary_database(
         yield f"sqlite+aiosqlite:///{path}"
         return
     server = make_url(normalise_database_url(server_url))
-    name = f"test_{uuid.uuid4().hex[:12]}"
+    # Named after the URL's database (which must exist: CREATE DATABASE runs there).
+    name = f"{server.database or 'test'}_{uuid.uuid4().hex[:12]}"
     admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
     try:
         async with admin.connect() as conn:

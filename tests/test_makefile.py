@@ -89,7 +89,17 @@ def test_migrate_with_a_message_on_a_fresh_database_generates_only_the_new_table
     before = set(versions.glob("*.py"))
     database = tmp_path / "fresh.db"
     result = subprocess.run(
-        ["make", "--no-print-directory", "migrate", "m=add notes", f"UV={uv_executable()}"],
+        # `-o install`: the copy's .venv is this environment; syncing it would remove
+        # whatever the developer installed by hand.
+        [
+            "make",
+            "--no-print-directory",
+            "-o",
+            "install",
+            "migrate",
+            "m=add notes",
+            f"UV={uv_executable()}",
+        ],
         cwd=repo,
         env={"PATH": os.environ["PATH"], "DATABASE_URL": f"sqlite:///{database}"},
         capture_output=True,
@@ -107,3 +117,50 @@ def test_migrate_with_a_message_on_a_fresh_database_generates_only_the_new_table
     with sqlite3.connect(database) as connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     assert {"users", "items", "notes", "alembic_version"} <= tables
+
+
+def fork_with_this_environment(tmp_path: Path) -> Path:
+    """A copy of the repository (no `.env`) whose `.venv` is this environment."""
+    repo = copy_repository(tmp_path / "fork")
+    (repo / ".venv").symlink_to(sys.prefix)
+    return repo
+
+
+def run_make(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", "-s", "-o", "install", *args, f"UV={uv_executable()}"],
+        cwd=repo,
+        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_worker_without_redis_stops_at_once_with_the_reason(tmp_path: Path) -> None:
+    result = run_make(fork_with_this_environment(tmp_path), "worker")
+    assert result.returncode != 0
+    assert "REDIS_URL must be set" in result.stderr
+
+
+def test_token_prints_only_the_token_on_stdout(tmp_path: Path) -> None:
+    """`TOKEN=$(make -s token ...)` must capture a token, not progress messages."""
+    result = run_make(fork_with_this_environment(tmp_path), "token", "sub=alice", "roles=admin")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"[\w-]+\.[\w-]+\.[\w-]+\n", result.stdout), result.stdout
+
+
+def test_two_make_commands_started_together_share_one_environment(tmp_path: Path) -> None:
+    """The README starts `make dev` and then `make -s token`: creating `.venv` twice at
+    once must not fail either of them."""
+    repo = copy_repository(tmp_path / "fork")
+    command = ["make", "--no-print-directory", "-s", "venv", f"UV={uv_executable()}"]
+    environment = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    runs = [
+        subprocess.Popen(command, cwd=repo, env=environment, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    failures = [run.communicate(timeout=60)[1] for run in runs if run.wait(timeout=60) != 0]
+    assert failures == []
+    assert (repo / ".venv" / "bin" / "python").exists()

@@ -1,12 +1,23 @@
-"""Schemas shared by every endpoint: the error body and a page of results."""
+"""Schemas shared by every endpoint: the error body, a page of results, timestamps."""
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 T = TypeVar("T")
+
+
+def _whole_seconds_utc(value: datetime) -> datetime:
+    # SQLite stores whole seconds, PostgreSQL microseconds: responses carry whole seconds
+    # in UTC on both (`2026-01-31T12:00:00Z`), so clients see one format.
+    return value.astimezone(UTC).replace(microsecond=0)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_whole_seconds_utc)]
+"""A response timestamp: UTC, whole seconds."""
 
 
 class ErrorDetail(BaseModel):

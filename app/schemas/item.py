@@ -20,6 +20,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from app.models.item import ItemStatus
+from app.schemas.common import Timestamp
 
 MAX_TAGS = 20
 # Long enough for a cursor on a 200-character title of 4-byte characters.
@@ -119,8 +120,8 @@ class ItemRead(BaseModel):
     status: ItemStatus
     tags: list[str]
     version: int
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class ItemListParams(BaseModel):

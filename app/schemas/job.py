@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from app.jobs.queue import JobInfo, JobState
+from app.schemas.common import Timestamp
 
 
 class JobAccepted(BaseModel):
@@ -23,9 +23,9 @@ class JobRead(BaseModel):
     status: JobState
     function: str
     attempts: int = Field(description="Tries so far (a failed try is retried with back-off).")
-    enqueued_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    enqueued_at: Timestamp
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
     result: Any = Field(default=None, description="What the job returned, once complete.")
     error: str | None = Field(default=None, description="The error type, once failed.")
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from app.schemas.common import Timestamp
 
 # No control characters (C0 and C1; NUL above all, which PostgreSQL refuses): the same
 # rule the token claims follow. Lone surrogates never get this far (not valid strings).
@@ -27,9 +28,9 @@ class UserRead(BaseModel):
     display_name: str | None
     tenant_id: str | None
     roles: list[str]
-    last_seen_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
+    last_seen_at: Timestamp | None
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class UserUpdate(BaseModel):

@@ -35,7 +35,8 @@ async def crash() -> None:
 
 @router.get("/bad-sql")
 async def bad_sql(session: SessionDep) -> None:
-    await session.exec(text("SELECT * FROM no_such_table_secret_name"))
+    conn = await session.connection()
+    await conn.execute(text("SELECT * FROM no_such_table_secret_name"))
 
 
 @router.get("/dropped-connection")

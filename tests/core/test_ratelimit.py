@@ -15,7 +15,8 @@ from httpx import ASGITransport, AsyncClient
 from app.core.cache import create_redis
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.exceptions import NotFoundError
-from app.core.ratelimit import Rate, RateLimit, RateLimiter, parse_rate, rate_limit
+from app.core.ratelimit import RateLimit, RateLimiter, rate_limit
+from app.core.rates import Rate, parse_rate
 from app.main import create_app
 from tests.support import CLOSED_PORT_URL, _WithLifespanState, auth_headers, make_settings
 

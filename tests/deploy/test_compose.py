@@ -12,13 +12,12 @@ from sqlalchemy import make_url
 from app.core.config import Environment
 from tests.deploy.parsing import (
     DOCKER,
-    ROOT,
     documented_env_names,
     load_yaml,
     parse_dockerfile,
     project_slug,
 )
-from tests.support import make_settings
+from tests.support import ROOT, make_settings
 
 COMPOSE: dict[str, Any] = load_yaml(DOCKER / "docker-compose.yml")
 SERVICES: dict[str, Any] = COMPOSE["services"]
@@ -72,9 +71,12 @@ def test_api_reloads_code_from_a_bind_mount_of_the_repository() -> None:
 
 def makefile_recipe(target: str) -> list[str]:
     makefile = (ROOT / "Makefile").read_text()
-    recipe = re.search(rf"^{target}:.*\n\t\$\(RUN\) (.+)$", makefile, re.MULTILINE)
+    # The target's last `$(RUN)` line is the command it runs; earlier lines are checks.
+    recipe = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
     assert recipe is not None
-    return shlex.split(recipe[1])
+    commands = re.findall(r"^\t\$\(RUN\) (.+)$", recipe[1], re.MULTILINE)
+    assert commands
+    return shlex.split(commands[-1])
 
 
 def test_worker_runs_arq_restarted_on_code_changes_like_make_worker() -> None:

@@ -13,7 +13,6 @@ from packaging.utils import parse_wheel_filename
 from app.core.config import Settings
 from tests.deploy.parsing import (
     DOCKER,
-    ROOT,
     SCRIPTS,
     Dockerfile,
     Stage,
@@ -24,6 +23,7 @@ from tests.deploy.parsing import (
     is_dockerignored,
     parse_dockerfile,
 )
+from tests.support import ROOT
 
 PROD = parse_dockerfile(DOCKER / "Dockerfile")
 DEV = parse_dockerfile(DOCKER / "Dockerfile.dev")
@@ -149,8 +149,21 @@ def test_images_use_the_uv_version_the_makefile_bootstraps() -> None:
     makefile = (ROOT / "Makefile").read_text()
     version = re.search(r"^UV_VERSION \?= (\S+)$", makefile, re.MULTILINE)
     assert version is not None
-    assert PROD.args["UV_VERSION"] == DEV.args["UV_VERSION"] == version[1]
-    assert PROD.args["PYTHON_VERSION"] == DEV.args["PYTHON_VERSION"]
+    for image in (PROD, DEV):
+        assert image.stages[0].base == f"ghcr.io/astral-sh/uv:{version[1]}"
+        # Literal versions in FROM (no ARG): Dependabot cannot update an ARG.
+        assert not image.args
+    assert python_version(PROD) == python_version(DEV)
+
+
+def python_version(image: Dockerfile) -> str:
+    """The X.Y of every python:X.Y-slim stage (one version per file)."""
+    (version,) = {
+        stage.base.removeprefix("python:").removesuffix("-slim")
+        for stage in image.stages
+        if stage.base.startswith("python:")
+    }
+    return version
 
 
 def test_image_environment_is_documented_in_env_example() -> None:
@@ -175,7 +188,7 @@ def image_tags(python: tuple[int, int], arch: str) -> set[Tag]:
 
 
 def test_images_python_is_supported_by_the_lock_and_every_package_has_a_wheel_for_it() -> None:
-    version = PROD.args["PYTHON_VERSION"]
+    version = python_version(PROD)
     python = (int(version.split(".")[0]), int(version.split(".")[1]))
     lock = tomllib.loads((ROOT / "uv.lock").read_text())
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

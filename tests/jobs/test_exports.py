@@ -16,6 +16,7 @@ from httpx import AsyncClient
 from sqlalchemy import select, update
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col
 
 from app.core.cache import BACKOFF_SECONDS, create_redis
 from app.core.config import Settings
@@ -229,7 +230,7 @@ async def test_purge_removes_exactly_the_expired_soft_deleted_items(
     async with db_engine.begin() as conn:
         await conn.execute(
             update(Item)
-            .where(Item.id == uuid.UUID(expired))
+            .where(col(Item.id) == uuid.UUID(expired))
             .values(deleted_at=utcnow() - timedelta(days=settings.SOFT_DELETE_RETENTION_DAYS + 1))
         )
     redis = create_redis(settings)
@@ -241,5 +242,5 @@ async def test_purge_removes_exactly_the_expired_soft_deleted_items(
     finally:
         await redis.aclose()
     async with db_engine.connect() as conn:
-        remaining = set((await conn.execute(select(Item.id))).scalars())
+        remaining = set((await conn.execute(select(col(Item.id)))).scalars())
     assert remaining == {uuid.UUID(recent), uuid.UUID(live)}

@@ -13,14 +13,23 @@ import pytest
 from tests.deploy.parsing import project_slug
 from tests.support import ROOT, copy_repository, uv_executable
 
-NEW_NAME = "Orders API"
-NEW_SLUG = "orders-api"
 SKIPPED_DIRS = {".git", ".venv", ".tools", "__pycache__", ".mypy_cache", ".ruff_cache"}
 
 
 def old_names() -> tuple[str, str]:
     title = (ROOT / "README.md").read_text().splitlines()[0].removeprefix("# ")
     return title, project_slug()
+
+
+def new_names() -> tuple[str, str]:
+    """A name the project does not have yet (a fork may already be "Orders API")."""
+    for name, slug in (("Orders API", "orders-api"), ("Billing Service", "billing-service")):
+        if slug != project_slug() and name != old_names()[0]:
+            return name, slug
+    raise AssertionError("unreachable: two distinct candidates")
+
+
+NEW_NAME, NEW_SLUG = new_names()
 
 
 def rename(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:

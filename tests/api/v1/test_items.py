@@ -197,7 +197,7 @@ async def test_list_filters_total_and_limits(client: AsyncClient, settings: Sett
     assert [row["title"] for row in page["items"]] == ["100% cotton"]
     page = (await client.get(ITEMS, params={"q": "_"}, headers=headers)).json()
     assert [row["title"] for row in page["items"]] == ["cotton_blend"]
-    params = {"status": "active", "include_total": "true", "limit": 1}
+    params: dict[str, str | int] = {"status": "active", "include_total": "true", "limit": 1}
     page = (await client.get(ITEMS, params=params, headers=headers)).json()
     assert page["total"] == 2
     assert len(page["items"]) == 1
@@ -483,7 +483,7 @@ async def test_single_item_reads_are_cached_and_invalidated_by_writes(
     assert (await client.get(url, headers=headers)).json()["title"] == "Original"
     async with db_engine.begin() as conn:  # a change behind the API's back
         await conn.execute(
-            update(Item).where(Item.id == uuid.UUID(item["id"])).values(title="Changed in DB")
+            update(Item).where(col(Item.id) == uuid.UUID(item["id"])).values(title="Changed in DB")
         )
     assert (await client.get(url, headers=headers)).json()["title"] == "Original"  # cache hit
     await client.patch(url, json={"description": "touch"}, headers=headers)
@@ -599,7 +599,7 @@ async def test_a_deactivated_account_cannot_change_items(
     url = f"{ITEMS}/{item['id']}"
     async with db_engine.begin() as conn:
         await conn.execute(
-            update(User).where(User.subject == "leaver").values(deleted_at=datetime.now(UTC))
+            update(User).where(col(User.subject) == "leaver").values(deleted_at=datetime.now(UTC))
         )
     assert (await client.patch(url, json={"title": "x"}, headers=headers)).status_code == 403
     assert (await client.delete(url, headers=headers)).status_code == 403

@@ -1,4 +1,5 @@
 import asyncio
+import re
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -220,3 +221,22 @@ async def test_patch_rejects_bad_input_with_a_422(
 async def test_patch_requires_a_token(client: AsyncClient) -> None:
     response = await client.patch(ME, json={"display_name": "x"})
     assert response.status_code == 401
+
+
+WHOLE_SECONDS_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+async def test_timestamps_are_whole_seconds_in_utc_on_every_backend(
+    client: AsyncClient, settings: Settings
+) -> None:
+    """SQLite keeps whole seconds and PostgreSQL microseconds: responses look the same."""
+    headers = auth_headers(settings, new_sub())
+    profile = (await client.get(ME, headers=headers)).json()
+    created = await client.post("/api/v1/items", json={"title": "t"}, headers=headers)
+    item = created.json()
+    fetched = (await client.get(f"/api/v1/items/{item['id']}", headers=headers)).json()
+    listed = (await client.get("/api/v1/items", headers=headers)).json()["items"][0]
+    stamps = [profile["created_at"], profile["updated_at"], profile["last_seen_at"]]
+    for body in (item, fetched, listed):
+        stamps += [body["created_at"], body["updated_at"]]
+    assert all(WHOLE_SECONDS_UTC.match(stamp) for stamp in stamps), stamps
