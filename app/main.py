@@ -8,7 +8,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import __version__
 from app.api import well_known
 from app.api.v1.router import ROUTERS
+from app.core import metrics, tracing
 from app.core.accounts import AccountStatusCache
 from app.core.auth_providers import ProviderConfig, provider_config
 from app.core.cache import REDIS_ERRORS, Cache, RedisBreaker, create_redis
@@ -28,6 +29,7 @@ from app.core.db import (
     create_read_session_factory,
     create_session_factory,
 )
+from app.core.error_reporting import init_error_reporting
 from app.core.exceptions import register_exception_handlers
 from app.core.health import ReadinessProbe
 from app.core.logging import setup_logging
@@ -37,6 +39,9 @@ from app.core.proxies import TrustedProxies
 from app.core.ratelimit import RateLimiter
 from app.core.security import TokenVerifier
 from app.jobs.queue import JobQueue
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
 
@@ -70,24 +75,50 @@ async def _check_redis(redis: Redis | None, timeout: float) -> None:
 
 
 def _lifespan(
-    settings: Settings, auth: ProviderConfig
+    settings: Settings,
+    auth: ProviderConfig,
+    tracer_provider: TracerProvider | None,
+    owns_tracer_provider: bool,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[AppState]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
         # Each resource is closed (in reverse order) only if it was opened, even when
         # start-up fails halfway.
         async with AsyncExitStack() as resources:
+            if tracer_provider is not None and owns_tracer_provider:
+                # Closed last: spans of the shutdown itself are flushed too.
+                resources.push_async_callback(asyncio.to_thread, tracer_provider.shutdown)
             engine = create_engine(settings)
             resources.push_async_callback(engine.dispose)
             redis = create_redis(settings)
             if redis is not None:
                 resources.push_async_callback(redis.aclose)
-            verifier = TokenVerifier.from_settings(settings, auth)
+            verifier = TokenVerifier.from_settings(settings, auth, tracer_provider=tracer_provider)
             resources.push_async_callback(verifier.aclose)
             verifier.start()  # the first JWKS fetch runs in the background
             await _check_redis(redis, settings.HEALTH_CHECK_TIMEOUT)
             # One breaker for every Redis user: a failure seen by one skips Redis for all.
             breaker = RedisBreaker(settings.REDIS_SOCKET_TIMEOUT)
+            jobs = (
+                JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME, breaker=breaker)
+                if redis
+                else None
+            )
+            if tracer_provider is not None:
+                tracing.instrument_engine(engine, tracer_provider)
+                tracing.instrument_redis(redis, tracer_provider)
+                tracing.instrument_redis(jobs.redis if jobs else None, tracer_provider)
+            if settings.METRICS_PORT:
+                resources.callback(metrics.watch_pool(engine.sync_engine, settings.DB_POOL_SIZE))
+                server = await metrics.start_metrics_server(
+                    settings,
+                    settings.METRICS_PORT,
+                    jobs,
+                    component="api",
+                    requests=app.state.request_metrics,
+                )
+                resources.push_async_callback(server.aclose)
+                resources.callback(metrics.mark_process_dead)
             yield AppState(
                 engine=engine,
                 session_factory=create_session_factory(engine),
@@ -100,11 +131,7 @@ def _lifespan(
                     timeout=settings.HEALTH_CHECK_TIMEOUT,
                     requires_redis=settings.READINESS_REQUIRES_REDIS,
                 ),
-                jobs=(
-                    JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME, breaker=breaker)
-                    if redis
-                    else None
-                ),
+                jobs=jobs,
                 rate_limiter=RateLimiter(
                     redis,
                     default=settings.rate_limit_default,
@@ -119,21 +146,31 @@ def _lifespan(
     return lifespan
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, tracer_provider: TracerProvider | None = None
+) -> FastAPI:
+    """The application; `tracer_provider` (tests) replaces the one the OTEL_* variables
+    configure, and stays its caller's to shut down."""
     settings = settings or get_settings()
     setup_logging(settings.LOG_LEVEL, settings.log_format)
+    init_error_reporting(settings, component="api")
+    owns_tracer_provider = tracer_provider is None
+    if tracer_provider is None:
+        tracer_provider = tracing.configure_tracing(settings, component="api")
     auth = provider_config(settings)
     docs = settings.docs_enabled
     app = FastAPI(
+        telemetry=tracing.fastapi_telemetry(tracer_provider),
         title=settings.PROJECT_NAME,
         version=__version__,
         debug=False,
-        lifespan=_lifespan(settings, auth),
+        lifespan=_lifespan(settings, auth, tracer_provider, owns_tracer_provider),
         openapi_url=f"{settings.API_V1_STR}/openapi.json" if docs else None,
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
     )
     app.state.settings = settings
+    app.state.request_metrics = metrics.RequestMetrics() if settings.METRICS_PORT else None
     app.state.cursor_codec = CursorCodec(settings.SECRET_KEY.get_secret_value())
     register_exception_handlers(app)
     for router, prefix in ROUTERS:
@@ -167,6 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.TRUSTED_PROXIES
         else None,
         cors_origins=tuple(settings.BACKEND_CORS_ORIGINS),
+        metrics=app.state.request_metrics,
     )
     return app
 

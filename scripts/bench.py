@@ -5,9 +5,10 @@
 
 Each server runs alone (one uvicorn worker) while a load generator in another process
 sends keep-alive requests (`wrk` when it is installed, otherwise a built-in asyncio
-client). Runs alternate between the two apps for `--rounds` rounds; the best rate of
-each is kept, so a busy machine slows both alike. The report gives requests per
-second and the ratio to the baseline:
+client). Runs alternate between the template with metrics on (METRICS_PORT set), the
+template with metrics off and the bare app for `--rounds` rounds; the best rate of
+each is kept, so a busy machine slows all alike. The report gives requests per
+second, what metrics cost (on/off) and the ratio to the baseline:
 
     liveness            template /api/v1/public/health  vs bare /live      (target 0.85x)
     readiness           template /api/v1/public/health/ready vs bare /live (informational)
@@ -178,23 +179,29 @@ def main() -> None:
 
     tool = "wrk" if shutil.which("wrk") else "asyncio client"
     print(f"database: {database_url.split('@')[-1]}   load: {tool}, {args.connections} connections")
-    print(f"{'target':<20} {'template req/s':>15} {'bare req/s':>12} {'ratio':>7} {'goal':>6}")
+    print(
+        f"{'target':<20} {'template req/s':>15} {'metrics off':>12} {'on/off':>7}"
+        f" {'bare req/s':>11} {'ratio':>7} {'goal':>6}"
+    )
     for target in TARGETS:
         if target.needs_token and token is None:
             print(f"{target.name:<20} skipped: no local token available")
             continue
         headers = {"Authorization": f"Bearer {token}"} if target.needs_token else {}
-        ours = bare = 0.0
-        for _ in range(args.rounds):  # interleaved, so background load hits both alike
+        ours = unmetered = bare = 0.0
+        for _ in range(args.rounds):  # interleaved, so background load hits all alike
+            metered_env = {**template_env, "METRICS_PORT": str(free_port())}
             ours = max(
                 ours,
                 measure(
-                    "app.main:app",
-                    template_env,
-                    target.path,
-                    headers,
-                    args,
-                    workdir / "template.log",
+                    "app.main:app", metered_env, target.path, headers, args, workdir / "app.log"
+                ),
+            )
+            unmetered_env = {**template_env, "METRICS_PORT": "0"}
+            unmetered = max(
+                unmetered,
+                measure(
+                    "app.main:app", unmetered_env, target.path, headers, args, workdir / "app.log"
                 ),
             )
             bare = max(
@@ -209,7 +216,10 @@ def main() -> None:
                 ),
             )
         goal = f"{target.goal:.2f}" if target.goal else "-"
-        print(f"{target.name:<20} {ours:>15.0f} {bare:>12.0f} {ours / bare:>6.2f}x {goal:>6}")
+        print(
+            f"{target.name:<20} {ours:>15.0f} {unmetered:>12.0f} {ours / unmetered:>6.2f}x"
+            f" {bare:>11.0f} {ours / bare:>6.2f}x {goal:>6}"
+        )
 
 
 if __name__ == "__main__":

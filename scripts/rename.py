@@ -31,6 +31,8 @@ FILES = (
     "docker/k8s/**/*.yaml",
     "docker/k8s/*.env",
     "docs/*.md",
+    "docker/grafana/**/*.json",
+    "docker/grafana/**/*.yml",
     "README.md",
     "pyproject.toml",
 )

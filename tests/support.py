@@ -60,6 +60,17 @@ def env_example_names(path: Path = ROOT / ".env.example") -> tuple[list[str], li
     return app, infrastructure
 
 
+def require_program(name: str, package: str) -> str:
+    """The path of a program a test runs; skip (or, in CI, fail) when it is missing."""
+    binary = shutil.which(name)
+    if binary is None:
+        reason = f"{name} is not installed (Debian package `{package}`)"
+        if IN_CI:
+            pytest.fail(f"{reason}; .ci/run installs it")
+        pytest.skip(reason)
+    return binary
+
+
 def require_service(variable: str, value: str) -> str:
     """Skip (or, in CI, fail) a test whose real service is not configured."""
     if value:
@@ -106,6 +117,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "HEALTH_CHECK_TIMEOUT": 1.0,
         "DB_POOL_SIZE": 5,
         "DB_USE_NULL_POOL": False,
+        # Tests that look at metrics pick a free port; the rest serve none.
+        "METRICS_PORT": 0,
+        "WORKER_METRICS_PORT": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

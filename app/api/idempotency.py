@@ -27,6 +27,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core import metrics
 from app.core.db import SessionDep
 from app.core.exceptions import ServiceUnavailableError, ValidationError
 from app.core.security import CurrentPrincipal
@@ -73,6 +74,7 @@ class Idempotency:
                 details=[{"loc": ["header", HEADER], "message": "reused with another body"}],
             )
         headers = {**record.headers, "Idempotent-Replayed": "true"}
+        metrics.IDEMPOTENT_REPLAYS.inc()
         return Response(record.body, status_code=record.status_code, headers=headers)
 
     async def remember(self, response: Response) -> None:

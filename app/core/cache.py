@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.core import metrics
 from app.core.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -83,11 +84,15 @@ class RedisBreaker:
                 result = await operation()
         except REDIS_ERRORS:
             self._open_until = time.monotonic() + self.backoff
+            metrics.REDIS_ERRORS.inc()
+            metrics.REDIS_BACKOFF.set(1)
             raise
         finally:
             if probing:
                 self._probing = False
-        self._open_until = 0.0
+        if self._open_until:
+            self._open_until = 0.0
+            metrics.REDIS_BACKOFF.set(0)
         return result
 
     def warning_due(self, who: str) -> bool:

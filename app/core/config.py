@@ -175,6 +175,14 @@ class Settings(BaseSettings):
     LOCAL_AUTH_ALGORITHM: Literal["RS256", "ES256"] = "RS256"
     LOCAL_AUTH_TOKEN_TTL: int = Field(default=3600, ge=60, le=30 * 86_400)
 
+    # Prometheus metrics on a port of their own (0: off); host empty: 127.0.0.1 in
+    # development, every interface elsewhere.
+    METRICS_PORT: int = Field(default=9000, ge=0, le=65_535)
+    WORKER_METRICS_PORT: int = Field(default=9001, ge=0, le=65_535)
+    METRICS_HOST: str = ""
+
+    SENTRY_DSN: SecretStr | None = None
+
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
@@ -390,6 +398,12 @@ class Settings(BaseSettings):
         if self.LOG_FORMAT is not None:
             return self.LOG_FORMAT
         return "console" if self.ENVIRONMENT is Environment.DEVELOPMENT else "json"
+
+    @property
+    def metrics_host(self) -> str:
+        if self.METRICS_HOST:
+            return self.METRICS_HOST
+        return "127.0.0.1" if self.ENVIRONMENT is Environment.DEVELOPMENT else "0.0.0.0"  # noqa: S104
 
     @property
     def docs_enabled(self) -> bool:

@@ -30,6 +30,7 @@ from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import Settings
+from app.core.metrics import TimedQueuePool
 
 SessionFactory = async_sessionmaker[AsyncSession]
 AfterCommit = Callable[[], Awaitable[None]]
@@ -58,6 +59,8 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
         # (BEGIN, a no-op, ROLLBACK). Connections are recycled before servers or proxies
         # drop them, and a connection found dead invalidates the whole pool, so a database
         # restart costs at most one failed request per process.
+        if settings.METRICS_PORT:
+            options["poolclass"] = TimedQueuePool
         options |= {
             "pool_size": settings.DB_POOL_SIZE,
             "max_overflow": settings.DB_MAX_OVERFLOW,

@@ -31,6 +31,7 @@ from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, compile_path
 
+from app.core.error_reporting import report_request_exception
 from app.core.logging import request_id_var
 
 logger = logging.getLogger(__name__)
@@ -295,6 +296,7 @@ async def _database_error_handler(request: Request, exc: Exception) -> JSONRespo
     where = f"{request.method} {request.url.path}"
     if not _is_database_unavailable(exc):
         logger.error("unhandled error on %s", where, exc_info=exc)
+        report_request_exception(exc, request.scope)
         return error_response(500, AppError.code, AppError.default_message)
     logger.warning("database unavailable on %s: %s", where, type(exc).__name__, exc_info=exc)
     return error_response(

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 from jwt import PyJWK, PyJWTError
 
+from app.core import metrics
 from app.core.exceptions import ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -288,11 +289,14 @@ class KeyStore:
             kept = "keeping the cached keys" if self.remote is not None else "no keys cached"
             logger.warning("JWKS fetch failed (%s: %s); %s", type(exc).__name__, exc, kept)
             self._last_fetch_ok = False
+            metrics.JWKS_FETCHES.labels("error").inc()
             return
         except Exception:
             logger.exception("JWKS fetch failed unexpectedly; keeping the cached keys")
             self._last_fetch_ok = False
+            metrics.JWKS_FETCHES.labels("error").inc()
             return
+        metrics.JWKS_FETCHES.labels("ok").inc()
         self._last_fetch_ok = True
         self.remote = keys
         self._fetched_at = self.clock()

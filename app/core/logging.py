@@ -1,11 +1,14 @@
 """Logging set-up: human-readable lines in development, JSON lines elsewhere.
 
 Every record logged while a request is being served carries that request's id, read
-from a context variable the request middleware sets. Output goes to stderr through a
-block buffer that holds back only access-log lines. The access log, one line per
-request, is written straight to that handler when it is the only one configured,
-which keeps its cost per request to a few microseconds; with any other handler or
-filter in place it goes through `logging` like everything else.
+from a context variable the request middleware sets; once tracing is configured, every
+record logged inside a span also carries its `trace_id` and `span_id` (hex).
+
+Output goes to stderr through a block buffer that holds back only access-log lines.
+The access log, one line per request, is written straight to that handler when it is
+the only one configured, which keeps its cost per request to a few microseconds; with
+any other handler or filter in place, or inside a span, it goes through `logging` like
+everything else.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from contextvars import ContextVar
 from json import dumps
 from typing import Any, Literal
 
+from opentelemetry.trace import get_current_span
+
 _HANDLER_NAME = "app"
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 ACCESS_LOGGER = "app.access"
@@ -35,11 +40,31 @@ _STANDARD_ATTRS = frozenset(
 )
 
 _base_factory = logging.getLogRecordFactory()
+# Set by tracing.configure_tracing; until then no record looks for a span.
+_trace_ids = False
+
+
+def include_trace_ids() -> None:
+    """Stamp every record logged inside a valid span with its trace and span ids."""
+    global _trace_ids
+    _trace_ids = True
+
+
+def current_trace_ids() -> tuple[str, str] | None:
+    """(trace id, span id) in hex of the current span; None outside one or with tracing off."""
+    if not _trace_ids:
+        return None
+    context = get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
 def _record_with_request_id(*args: Any, **kwargs: Any) -> logging.LogRecord:
     record = _base_factory(*args, **kwargs)
     record.request_id = request_id_var.get()
+    if _trace_ids and (ids := current_trace_ids()) is not None:
+        record.trace_id, record.span_id = ids
     return record
 
 
@@ -278,7 +303,9 @@ def log_access(
         return
     handler = _direct_access_handler()
     formatter = handler.formatter if handler is not None else None
-    if handler is None or not isinstance(formatter, LineFormatter):
+    # Inside a span the line goes through `logging`, which adds the trace ids.
+    traced = _trace_ids and current_trace_ids() is not None
+    if handler is None or not isinstance(formatter, LineFormatter) or traced:
         fields = {"method": method, "path": path, "status": status, "duration_ms": duration_ms}
         access_logger.info(ACCESS_MESSAGE, extra=fields)
         return

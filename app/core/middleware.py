@@ -6,7 +6,8 @@ each ASGI layer costs a call and a wrapped `send` on every request:
 * request id: honours a sane incoming `X-Request-ID`, otherwise generates one, puts it
   in a context variable for logs and echoes it on every response, errors included;
 * security headers on every response;
-* one structured access-log line per request;
+* one structured access-log line per request, and its Prometheus metrics (count,
+  latency and in-flight by route template; `app.core.metrics`);
 * the real client address and scheme behind trusted proxies (`TrustedProxies`);
 * a request body limit, enforced while the body streams in, before anything parses it
   or authenticates the caller: a declared `Content-Length` over the limit is refused
@@ -32,8 +33,10 @@ import time
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.error_reporting import report_request_exception
 from app.core.exceptions import error_body
 from app.core.logging import log_access, request_id_var
+from app.core.metrics import RequestMetrics
 from app.core.proxies import TrustedProxies
 
 error_logger = logging.getLogger("app.errors")
@@ -129,8 +132,10 @@ class RequestContextMiddleware:
         max_body_bytes: int = 1 << 20,
         trusted_proxies: TrustedProxies | None = None,
         cors_origins: tuple[str, ...] = (),
+        metrics: RequestMetrics | None = None,
     ) -> None:
         self.app = app
+        self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.trusted_proxies = trusted_proxies
         self.cors_origins = frozenset(cors_origins)
@@ -153,6 +158,8 @@ class RequestContextMiddleware:
         added_headers: dict[bytes, bytes] = {}
         scope[RESPONSE_HEADERS_KEY] = added_headers
         started = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.started()
         status = 500
         response_started = False
         security = self.docs_headers if scope["path"] in self.docs_paths else self.api_headers
@@ -173,19 +180,17 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
-        except Exception:
+        except Exception as exc:
             error_logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            report_request_exception(exc, scope)
             if response_started:  # too late for an error body; let the server drop the connection
                 raise
             await _send_internal_error(send_with_headers, request_id, self._cors_headers(scope))
         finally:
-            log_access(
-                request_id,
-                scope["method"],
-                scope["path"],
-                status,
-                round((time.perf_counter() - started) * 1000, 2),
-            )
+            elapsed = time.perf_counter() - started
+            log_access(request_id, scope["method"], scope["path"], status, round(elapsed * 1000, 2))
+            if self.metrics is not None:
+                self.metrics.finished(scope, status, elapsed)
             request_id_var.reset(token)
 
     def _cors_headers(self, scope: Scope) -> Headers:

@@ -29,10 +29,12 @@ from fastapi.params import Depends as DependsParam
 from redis.asyncio import Redis
 from starlette.types import Scope
 
+from app.core import metrics
 from app.core.cache import REDIS_ERRORS, RedisBreaker
 from app.core.exceptions import RateLimitError, ServiceUnavailableError
 from app.core.middleware import RESPONSE_HEADERS_KEY, set_response_header
 from app.core.rates import Rate, parse_rate
+from app.core.route_templates import route_template
 from app.core.security import OptionalPrincipal
 
 logger = logging.getLogger(__name__)
@@ -148,6 +150,7 @@ class RateLimiter:
             return
         result = await self.hit(f"{AUTH_FAILURES_SCOPE}:ip:{self.client_ip(scope)}", rate)
         if result is not None and not result.allowed:
+            metrics.RATE_LIMITED.labels(AUTH_FAILURES_SCOPE).inc()
             raise _over_limit(rate, result)
 
     def identity(self, scope: Scope, principal: PrincipalLike | None) -> str:
@@ -177,8 +180,8 @@ def _report(scope: Scope, result: RateLimitResult) -> None:
 
 
 def _route_scope(request: Request) -> str:
-    route = request.scope.get("route")
-    path = getattr(route, "path", request.url.path)
+    # The full template: two routers may both have a `/{item_id}` of their own.
+    path = route_template(request.scope) or request.url.path
     return f"{request.method}:{path}"
 
 
@@ -219,6 +222,7 @@ class RateLimit:
             return
         _report(request.scope, result)
         if not result.allowed:
+            metrics.RATE_LIMITED.labels(self.scope or _route_scope(request)).inc()
             raise _over_limit(rate, result)
 
 

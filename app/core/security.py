@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import jwt
@@ -33,6 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from jwt import PyJWK
 from jwt.utils import base64url_decode
 
+from app.core import metrics, tracing
 from app.core.auth_providers import ProviderConfig
 from app.core.config import Settings
 from app.core.exceptions import AuthenticationError, PermissionDeniedError
@@ -47,6 +48,9 @@ from app.core.token_checks import (
     check_token_kind,
     json_object,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +167,14 @@ class TokenVerifier:
         self._verified: dict[str, _VerifiedToken] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings, config: ProviderConfig) -> TokenVerifier:
+    def from_settings(
+        cls,
+        settings: Settings,
+        config: ProviderConfig,
+        *,
+        tracer_provider: TracerProvider | None = None,
+    ) -> TokenVerifier:
+        """The verifier `settings` describe; with `tracer_provider`, key fetches are traced."""
         fetcher = None
         if config.fetches_keys:
             client = httpx.AsyncClient(
@@ -171,6 +182,8 @@ class TokenVerifier:
                 follow_redirects=False,
                 headers={"accept": "application/json"},
             )
+            if tracer_provider is not None:
+                tracing.instrument_httpx(client, tracer_provider)
             fetcher = JwksFetcher(
                 client,
                 issuer=config.issuer,
@@ -213,6 +226,7 @@ class TokenVerifier:
         try:
             verified = await self._verify(token)
         except RejectedTokenError as rejected:
+            metrics.TOKENS_REJECTED.labels(rejected.check).inc()
             logger.info(
                 "token rejected: %s (%s)",
                 rejected.check,

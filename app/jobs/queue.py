@@ -2,7 +2,8 @@
 
 `JobQueue` wraps arq's Redis client; with `worker.py` it is the only code that knows
 arq, so another queue could replace it here. Each job carries a small metadata
-record next to its arguments (the request id that enqueued it and its owner), which
+record next to its arguments (the request id that enqueued it, its owner and, when
+tracing is on, the trace context it was enqueued in: W3C `traceparent`), which
 Redis keeps exactly as long as the job and its result, so "who may see this job"
 never outlives or expires before the job itself.
 
@@ -34,6 +35,7 @@ from redis.asyncio import Redis
 from app.core.cache import REDIS_ERRORS, RedisBreaker, RedisSkippedError
 from app.core.exceptions import ServiceUnavailableError
 from app.core.logging import request_id_var
+from app.core.tracing import trace_carrier
 from app.jobs.serialization import JobError, job_deserializer, job_serializer
 
 if TYPE_CHECKING:
@@ -157,7 +159,9 @@ class JobQueue:
     ) -> PreparedJob:
         """Check the arguments (`JobPayloadError` if they cannot be sent) and give the job an id."""
         function.check_arguments(args, kwargs)
-        meta = {"request_id": request_id_var.get(), "owner": owner}
+        meta: dict[str, Any] = {"request_id": request_id_var.get(), "owner": owner}
+        if (carrier := trace_carrier()) is not None:
+            meta["trace"] = carrier  # the outbox stores it with the job, so a relay keeps it
         return PreparedJob(
             id=uuid.uuid4().hex,
             function=function.name,
@@ -216,6 +220,11 @@ class JobQueue:
         except REDIS_ERRORS:
             raise ServiceUnavailableError(UNAVAILABLE_MESSAGE) from None
         return job.id
+
+    async def depth(self) -> int:
+        """Jobs waiting in the queue (due or deferred): one ZCARD."""
+        count: int = await self.breaker.call(lambda: self.redis.zcard(self.queue_name))
+        return count
 
     async def info(self, job_id: str) -> JobInfo | None:
         """The job's state, or None when no such job is known (or its result has expired)."""

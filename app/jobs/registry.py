@@ -6,6 +6,8 @@ wrapper
 
 * puts the id of the request that enqueued the job back into `request_id_var`, so the
   job's log lines carry it;
+* when tracing is on, runs the job in a `job <name>` span joined to the trace of the
+  request that enqueued it (its log lines carry that trace id too);
 * opens `ctx.session` with `session_context`: committed when the job returns, rolled
   back when it raises (jobs needing several transactions use `ctx.session_factory`);
 * turns a failure into a retry after an exponential back-off
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
@@ -24,10 +27,13 @@ from arq.cron import CronJob, cron
 from arq.worker import Function, Retry, func
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core import metrics
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import SessionFactory, session_context
+from app.core.error_reporting import report_exception
 from app.core.logging import request_id_var
+from app.core.tracing import job_span
 from app.jobs.enqueue import Jobs
 from app.jobs.queue import META_KWARG
 from app.jobs.serialization import JobPayloadError, check_payload
@@ -112,15 +118,43 @@ class JobFunction(Generic[P, R]):
 
     async def run(self, ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         """What the worker calls: arq's context in, the job's result out."""
-        meta = kwargs.pop(META_KWARG, None) or {}
-        request_id = meta.get("request_id") if isinstance(meta, dict) else None
+        meta = kwargs.pop(META_KWARG, None)
+        meta = meta if isinstance(meta, dict) else {}
+        request_id = meta.get("request_id")
         token = request_id_var.set(request_id if isinstance(request_id, str) else None)
         try:
-            return await self._attempt(ctx, args, kwargs)
+            tracer = ctx.get("tracer")
+            if tracer is None:
+                return await self._attempt(ctx, args, kwargs)
+            attributes = {
+                "messaging.system": "arq",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": ctx["settings"].JOBS_QUEUE_NAME,
+                "messaging.message.id": ctx["job_id"],
+                "job.try": ctx.get("job_try", 1),
+            }
+            with job_span(tracer, self.name, meta.get("trace"), attributes):
+                return await self._attempt(ctx, args, kwargs)
         finally:
             request_id_var.reset(token)
 
     async def _attempt(self, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: Any) -> Any:
+        metrics.JOBS_STARTED.labels(self.name).inc()
+        started = time.perf_counter()
+        try:
+            result = await self._try(ctx, args, kwargs)
+        except Retry:
+            metrics.JOBS_RETRIED.labels(self.name).inc()
+            raise
+        except BaseException:
+            metrics.JOBS_FAILED.labels(self.name).inc()
+            raise
+        finally:
+            metrics.JOB_DURATION.labels(self.name).observe(time.perf_counter() - started)
+        metrics.JOBS_COMPLETED.labels(self.name).inc()
+        return result
+
+    async def _try(self, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: Any) -> Any:
         settings: Settings = ctx["settings"]
         job_try: int = ctx.get("job_try", 1)
         try:
@@ -140,6 +174,14 @@ class JobFunction(Generic[P, R]):
             raise
         except Exception as exc:
             max_tries = self.max_tries or settings.JOB_MAX_TRIES
+            report_exception(
+                exc,
+                request_id=request_id_var.get(),
+                level="error" if job_try >= max_tries else "warning",
+                job_id=ctx["job_id"],
+                job_function=self.name,
+                job_try=str(job_try),
+            )
             if job_try >= max_tries:
                 raise
             delay = retry_delay(job_try, settings.JOB_RETRY_DELAY)

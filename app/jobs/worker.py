@@ -4,7 +4,8 @@
 cron jobs, `relay_job_outbox` sends, at start-up and every `RELAY_INTERVAL` seconds,
 the jobs that were committed but never queued (Redis was down, or a process died
 between commit and send; see `outbox.py`). On start-up the worker opens its own
-database engine, session factory and Redis client (closed on shutdown).
+database engine, session factory and Redis client (closed on shutdown), and, when the
+OTEL_* variables turn tracing on, its tracer provider (flushed on shutdown).
 `WorkerSettings` is built from `get_settings()` the first time it is looked up, so
 importing this module reads no configuration and opens nothing; tests build their own
 with `worker_options(settings, ...)`.
@@ -12,24 +13,32 @@ with `worker_options(settings, ...)`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arq.connections import RedisSettings
 
+from app.core import tracing
 from app.core.cache import Cache, RedisBreaker, create_redis
 from app.core.config import ConfigError, Settings, get_settings
 from app.core.db import create_engine, create_session_factory
+from app.core.error_reporting import init_error_reporting
 from app.core.logging import setup_logging
+from app.core.metrics import start_metrics_server
 from app.jobs.exports import export_items, remove_expired_exports
 from app.jobs.outbox import relay_outbox
 from app.jobs.purge import purge_soft_deleted
 from app.jobs.queue import JobQueue
 from app.jobs.registry import JobContext, JobFunction, job
 from app.jobs.serialization import job_deserializer, job_serializer
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 # Seconds between outbox relays (arq's cron counts in whole seconds; a divisor of 60).
 RELAY_INTERVAL = 15
@@ -80,11 +89,13 @@ def health_check_key(settings: Settings, host: str | None = None) -> str:
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     setup_logging(settings.LOG_LEVEL, settings.log_format)
+    init_error_reporting(settings, component="worker")
     # arq's CLI gave its logger a handler of its own; from here on its lines go through
     # ours, in the same format as the app's (and without printing each line twice).
     logging.getLogger("arq").handlers.clear()
     engine = create_engine(settings)
     redis = create_redis(settings)
+    _start_tracing(ctx, settings, engine, redis)
     breaker = RedisBreaker(settings.REDIS_SOCKET_TIMEOUT)  # shared, as in the API
     ctx.update(
         engine=engine,
@@ -93,13 +104,39 @@ async def startup(ctx: dict[str, Any]) -> None:
         cache=Cache(redis, breaker=breaker),
         job_queue=JobQueue(ctx["redis"], queue_name=settings.JOBS_QUEUE_NAME, breaker=breaker),
     )
+    if settings.WORKER_METRICS_PORT:
+        ctx["metrics_server"] = await start_metrics_server(
+            settings, settings.WORKER_METRICS_PORT, ctx["job_queue"], component="worker"
+        )
+
+
+def _start_tracing(
+    ctx: dict[str, Any], settings: Settings, engine: AsyncEngine, redis: Redis | None
+) -> None:
+    """Trace jobs, their SQL and the app's Redis client (not arq's own, whose polling
+    would add a root span every half second). A provider already in `ctx` (tests) is
+    used, and left to its owner."""
+    provider = ctx.get("tracer_provider")
+    if provider is None:
+        provider = tracing.configure_tracing(settings, component="worker")
+        ctx["owns_tracer_provider"] = provider is not None
+    if provider is None:
+        return
+    ctx["tracer_provider"] = provider
+    ctx["tracer"] = tracing.job_tracer(provider)
+    tracing.instrument_engine(engine, provider)
+    tracing.instrument_redis(redis, provider)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if ctx.get("metrics_server") is not None:
+        await ctx["metrics_server"].aclose()
     if ctx.get("app_redis") is not None:
         await ctx["app_redis"].aclose()
     if "engine" in ctx:
         await ctx["engine"].dispose()
+    if ctx.get("owns_tracer_provider"):
+        await asyncio.to_thread(ctx["tracer_provider"].shutdown)
 
 
 def worker_options(

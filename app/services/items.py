@@ -24,6 +24,7 @@ from sqlalchemy import ColumnElement, and_, func, literal, tuple_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core import metrics
 from app.core.cache import Cache
 from app.core.db import on_commit
 from app.core.exceptions import NotFoundError, PreconditionFailedError
@@ -124,6 +125,8 @@ async def read_item(
     """One item, from the cache when it holds it (a Redis outage only costs speed)."""
     key = scope.cache_key(item_id)
     cached = _from_cache(await cache.get_json(key))
+    if cache.redis is not None:
+        metrics.CACHE_READS.labels("miss" if cached is None else "hit").inc()
     if cached is not None:
         return cached
     item = ItemRead.model_validate(await get_item(session, scope, item_id))

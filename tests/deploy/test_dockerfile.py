@@ -48,6 +48,8 @@ def uv_sync_commands(dockerfile: Dockerfile) -> list[list[str]]:
 def test_production_image_installs_exactly_the_lockfile_in_a_builder_stage() -> None:
     (sync,) = uv_sync_commands(PROD)
     assert {"--frozen", "--no-dev"} <= set(sync)
+    # Sentry (SENTRY_DSN) must work in the image; the other extras are a fork's choice.
+    assert sync[sync.index("--extra") + 1] == "observability"
     builder = next(stage for stage in PROD.stages if any("uv" in r for r in stage.all("RUN")))
     assert builder is not runtime(PROD)
     assert any("source=uv.lock" in run for run in builder.all("RUN"))

@@ -137,7 +137,7 @@ def test_api_probes_hit_the_apps_real_health_routes() -> None:
     assert api["livenessProbe"]["httpGet"]["path"] == liveness
     assert api["startupProbe"]["httpGet"]["path"] == liveness
     assert api["readinessProbe"]["httpGet"]["path"] == readiness
-    (port,) = api["ports"]
+    (port,) = [port for port in api["ports"] if port["name"] == "http"]
     assert port["containerPort"] == int(CONFIG["PORT"])
     for probe in ("livenessProbe", "startupProbe", "readinessProbe"):
         assert api[probe]["httpGet"]["port"] == port["name"]

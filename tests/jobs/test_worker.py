@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import sys
@@ -10,17 +11,20 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from app.core.cache import create_redis
 from app.core.config import Settings
 from app.core.exceptions import ServiceUnavailableError
 from app.jobs.queue import JobInfo, JobQueue, JobState
-from app.jobs.registry import JobContext, PermanentJobError, job, retry_delay
+from app.jobs.registry import JobContext, JobFunction, PermanentJobError, job, retry_delay
 from app.jobs.serialization import JobPayloadError
 from tests.jobs.conftest import job_settings, make_worker, run_worker
-from tests.support import CLOSED_PORT_URL, hung_server
+from tests.support import CLOSED_PORT_URL, free_port, hung_server
 
 ROOT = Path(__file__).resolve().parents[2]
 ARQ = str(Path(sys.executable).parent / "arq")
@@ -280,3 +284,60 @@ async def test_the_worker_without_redis_exits_with_a_message_not_a_traceback() -
     assert process.returncode != 0
     assert "REDIS_URL must be set" in stderr.decode()
     assert "Traceback" not in stderr.decode()
+
+
+def job_count(name: str, function: str) -> float:
+    return REGISTRY.get_sample_value(name, {"function": function}) or 0.0
+
+
+async def test_job_outcomes_are_counted_by_function(settings: Settings, queue: JobQueue) -> None:
+    names = (
+        "jobs_started_total",
+        "jobs_retried_total",
+        "jobs_failed_total",
+        "jobs_completed_total",
+        "job_duration_seconds_count",
+    )
+    functions: tuple[JobFunction[..., Any], ...] = (always_fails, flaky, fails_permanently)
+    before = {(n, f.name): job_count(n, f.name) for n in names for f in functions}
+    for function in functions:
+        await queue.enqueue(function, uuid.uuid4().hex)
+    await run_worker(settings, list(functions))
+    counted = {key: job_count(*key) - value for key, value in before.items()}
+    # started, retried, failed, completed, timed
+    expected = {"test_always_fails": (3, 2, 1, 0, 3), "test_flaky": (2, 1, 0, 1, 2)}
+    expected["test_fails_permanently"] = (1, 0, 1, 0, 1)
+    for function_name, counts in expected.items():
+        assert tuple(counted[name, function_name] for name in names) == counts, function_name
+
+
+async def test_the_worker_serves_metrics_with_the_queue_depth_on_its_own_port(
+    database_url: str, redis_url: str, clean_db: None
+) -> None:
+    port = free_port()
+    settings = job_settings(
+        database_url, redis_url, WORKER_METRICS_PORT=port, METRICS_HOST="127.0.0.1"
+    )
+    redis = create_redis(settings)
+    assert redis is not None
+    queue = JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME)
+    for _ in range(3):  # due in an hour: they wait in the queue while the worker runs
+        await queue.enqueue(flaky, uuid.uuid4().hex, _defer_by=3600)
+    worker = make_worker(settings, [flaky], burst=False)
+    running = asyncio.create_task(worker.async_run())
+    try:
+        text = ""
+        async with httpx.AsyncClient() as client, asyncio.timeout(10):
+            while "job_queue_depth" not in text:
+                await asyncio.sleep(0.05)
+                with contextlib.suppress(httpx.TransportError):
+                    text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await worker.close()
+        await redis.aclose()
+    depth = f'job_queue_depth{{queue="{settings.JOBS_QUEUE_NAME}"}} 3.0'
+    assert depth in text.splitlines()
+    assert 'component="worker"' in text

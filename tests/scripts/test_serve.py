@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import httpx
+from prometheus_client.mmap_dict import MmapedDict
 
 from tests.support import CLOSED_PORT_URL, ROOT, free_port, read_until
 
@@ -27,6 +28,7 @@ def server_env(tmp_path: Path, port: int) -> dict[str, str]:
         "LOG_FORMAT": "console",
         "PORT": str(port),
         "WEB_CONCURRENCY": "1",
+        "METRICS_PORT": "0",
     }
 
 
@@ -118,3 +120,59 @@ async def test_healthcheck_fails_when_nothing_answers(tmp_path: Path) -> None:
     assert code == 1
     assert "unhealthy" in stderr
     assert "/api/v1/public/health" in stderr
+
+
+def served_by(counter_file: Path) -> float:
+    """How many health requests one process' own metrics file counts."""
+    values = MmapedDict.read_all_values_from_file(str(counter_file))  # type: ignore[no-untyped-call]
+    return float(
+        sum(
+            value
+            for key, value, *_ in values
+            if '"http_requests"' in key and "/api/v1/public/health" in key and '"2xx"' in key
+        )
+    )
+
+
+async def test_two_workers_counts_add_up_in_one_scrape(tmp_path: Path) -> None:
+    """WEB_CONCURRENCY=2: each worker process counts its own requests, and a scrape of
+    the shared metrics port (answered by either process) reports them all."""
+    port, metrics_port = free_port(), free_port()
+    metrics_dir = tmp_path / "prometheus"
+    stale = metrics_dir / "counter_1.db"
+    metrics_dir.mkdir()
+    stale.write_bytes(b"left over from an earlier run")
+    env = server_env(tmp_path, port) | {
+        "WEB_CONCURRENCY": "2",
+        "METRICS_PORT": str(metrics_port),
+        "METRICS_HOST": "127.0.0.1",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    requests = 60
+    url = f"http://127.0.0.1:{port}/api/v1/public/health"
+
+    async def call() -> None:
+        async with httpx.AsyncClient() as client:  # a connection each: both processes serve
+            assert (await client.get(url)).status_code == 200
+
+    async with serving(env, tmp_path):
+        assert not stale.exists()  # emptied before the workers started
+        for _ in range(requests // 10):
+            await asyncio.gather(*(call() for _ in range(10)))
+        per_process = {path.name: served_by(path) for path in metrics_dir.glob("counter_*.db")}
+        async with httpx.AsyncClient() as client:
+            scrapes = [
+                (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+                for _ in range(6)
+            ]
+    assert len(per_process) == 2, per_process
+    assert all(per_process.values()), per_process  # each process answered some
+    assert sum(per_process.values()) == requests
+    route = 'route="/api/v1/public/health"'
+    for text in scrapes:  # whichever process answered, the total is the same
+        (line,) = [
+            line
+            for line in text.splitlines()
+            if line.startswith("http_requests_total{") and route in line and "2xx" in line
+        ]
+        assert float(line.rsplit(" ", 1)[1]) == requests
