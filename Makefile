@@ -15,7 +15,7 @@ IMAGE ?= fastapi-template:latest
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: help venv install dev worker worker-check up down logs image secret rename migrate prestart token test coverage lint format hooks bench
+.PHONY: help venv install dev worker worker-check up down logs image secret rename migrate prestart token test coverage lint format hooks openapi bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -108,6 +108,9 @@ hooks: install ## Install the git pre-commit hooks (ruff, mypy, hygiene checks)
 format: install ## Apply ruff fixes and formatting
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
+
+openapi: install ## Write the OpenAPI document to docs/openapi.json (no server needed)
+	$(RUN) python -m scripts.openapi $(ARGS)
 
 bench: install ## Benchmark the request path against a bare FastAPI app (scripts/bench.py)
 	$(RUN) python -m scripts.bench $(ARGS)

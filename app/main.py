@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__
-from app.api import well_known
+from app.api import openapi, well_known
 from app.api.v1.router import ROUTERS
 from app.core import metrics, tracing
 from app.core.accounts import AccountStatusCache
@@ -161,6 +161,7 @@ def create_app(
     docs = settings.docs_enabled
     app = FastAPI(
         telemetry=tracing.fastapi_telemetry(tracer_provider),
+        generate_unique_id_function=openapi.operation_id,
         title=settings.PROJECT_NAME,
         version=__version__,
         debug=False,
@@ -177,6 +178,7 @@ def create_app(
         app.include_router(router, prefix=settings.API_V1_STR + prefix)
     if auth.local_jwks is not None:
         app.include_router(well_known.router)
+    openapi.install(app)
     if settings.BACKEND_CORS_ORIGINS:
         app.add_middleware(
             CORSMiddleware,

@@ -31,6 +31,7 @@ FILES = (
     "docker/k8s/**/*.yaml",
     "docker/k8s/*.env",
     "docs/*.md",
+    "docs/openapi.json",
     "docker/grafana/**/*.json",
     "docker/grafana/**/*.yml",
     "README.md",

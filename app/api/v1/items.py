@@ -24,6 +24,7 @@ from app.api.deps import (
     job_owner,
 )
 from app.api.idempotency import IdempotencyDep
+from app.api.openapi import ETAG, LOCATION, REPLAYED, errors, headers
 from app.api.preconditions import IfMatch, etag
 from app.core.exceptions import ConflictError, NotFoundError
 from app.core.ratelimit import rate_limit
@@ -31,19 +32,14 @@ from app.jobs.exports import export_items
 from app.jobs.outbox import job_info_for
 from app.jobs.queue import JobState
 from app.models.item import Item
-from app.schemas.common import ErrorResponse, Page
+from app.schemas.common import Page
 from app.schemas.item import ItemCreate, ItemExportParams, ItemListParams, ItemRead, ItemUpdate
 from app.schemas.job import JobAccepted
 from app.services import items as service
 from app.services.item_exports import export_path
 from app.services.items import ItemFilters, ItemScope
 
-_DEACTIVATED: dict[int | str, dict[str, Any]] = {
-    403: {"model": ErrorResponse, "description": "The account is deactivated."}
-}
-router = APIRouter(
-    prefix="/items", tags=["items"], dependencies=[ActiveAccount], responses=_DEACTIVATED
-)
+router = APIRouter(prefix="/items", tags=["items"], dependencies=[ActiveAccount])
 limit_writes = rate_limit(scope="items:write")  # RATE_LIMIT_ITEM_WRITES
 limit_exports = rate_limit(scope="items:export")  # RATE_LIMIT_EXPORTS
 # Changes also bring the caller's `users` row up to date (creating uses CurrentUser).
@@ -55,18 +51,6 @@ async def get_item_scope(principal: CurrentPrincipal) -> ItemScope:
 
 
 ScopeDep = Annotated[ItemScope, Depends(get_item_scope)]
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
-        401: "Missing or invalid token.",
-        404: "No such item in the caller's scope.",
-        422: "Invalid input.",
-    }.items()
-}
-_PRECONDITION: dict[int | str, dict[str, Any]] = {
-    412: {"model": ErrorResponse, "description": "If-Match is stale."}
-}
 
 
 def _item_response(item: ItemRead, status_code: int = 200, **headers: str) -> JSONResponse:
@@ -81,17 +65,8 @@ def _read(item: Item) -> ItemRead:
     return ItemRead.model_validate(item)
 
 
-_LIMITED: dict[int | str, dict[str, Any]] = {
-    429: {"model": ErrorResponse, "description": "Rate limit exceeded."},
-}
 _DOWNLOAD: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/csv": {}}, "description": "The export."},
-    401: _ERRORS[401],
-    404: {"model": ErrorResponse, "description": "No such export for this caller."},
-    409: {"model": ErrorResponse, "description": "The export has not finished, or failed."},
-}
-_QUEUE_DOWN: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorResponse, "description": "The job queue is unreachable."}
+    200: {"content": {"text/csv": {}}, "description": "The export, as CSV."},
 }
 
 
@@ -99,7 +74,7 @@ _QUEUE_DOWN: dict[int | str, dict[str, Any]] = {
     "",
     status_code=201,
     response_model=ItemRead,
-    responses=_ERRORS | _LIMITED,
+    responses=headers(201, "The created item.", **LOCATION, **ETAG, **REPLAYED),
     dependencies=[limit_writes],
 )
 async def create_item(
@@ -121,7 +96,7 @@ async def create_item(
     return response
 
 
-@router.get("", response_model=Page[ItemRead], responses=_ERRORS)
+@router.get("", response_model=Page[ItemRead])
 async def list_items(
     params: Annotated[ItemListParams, Query()],
     scope: ScopeDep,
@@ -149,7 +124,7 @@ async def list_items(
     "/exports",
     status_code=202,
     response_model=JobAccepted,
-    responses=_ERRORS | _LIMITED | _QUEUE_DOWN,
+    responses=headers(202, "The export is queued.", **LOCATION),
     dependencies=[limit_exports, active_account],
 )
 async def export_items_csv(
@@ -175,7 +150,7 @@ async def export_items_csv(
 @router.get(
     "/exports/{job_id}/download",
     response_class=FileResponse,
-    responses=_DOWNLOAD | _QUEUE_DOWN,
+    responses=_DOWNLOAD | errors(404, 409),
 )
 async def download_export(
     job_id: str,
@@ -198,7 +173,9 @@ async def download_export(
     return FileResponse(path, media_type="text/csv", filename=f"items-{job_id}.csv")
 
 
-@router.get("/{item_id}", response_model=ItemRead, responses=_ERRORS)
+@router.get(
+    "/{item_id}", response_model=ItemRead, responses=headers(200, "The item.", **ETAG) | errors(404)
+)
 async def read_item(
     item_id: uuid.UUID, scope: ScopeDep, session: ReadSessionDep, cache: CacheDep
 ) -> Response:
@@ -209,7 +186,7 @@ async def read_item(
 @router.patch(
     "/{item_id}",
     response_model=ItemRead,
-    responses=_ERRORS | _PRECONDITION | _LIMITED,
+    responses=headers(200, "The item as changed.", **ETAG) | errors(404),
     dependencies=[limit_writes, active_account],
 )
 async def update_item(
@@ -228,7 +205,7 @@ async def update_item(
 @router.delete(
     "/{item_id}",
     status_code=204,
-    responses=_ERRORS | _PRECONDITION | _LIMITED,
+    responses=errors(404),
     dependencies=[limit_writes, active_account],
 )
 async def delete_item(
@@ -242,7 +219,7 @@ async def delete_item(
 @router.post(
     "/{item_id}/restore",
     response_model=ItemRead,
-    responses=_ERRORS | _LIMITED,
+    responses=headers(200, "The restored item.", **ETAG) | errors(404),
     dependencies=[limit_writes, active_account],
 )
 async def restore_item(

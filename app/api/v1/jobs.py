@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ActiveAccount, CurrentPrincipal, JobQueueDep, ReadSessionDep, job_owner
+from app.api.openapi import errors
 from app.core.exceptions import NotFoundError
 from app.jobs.outbox import job_info_for
-from app.schemas.common import ErrorResponse
 from app.schemas.job import JobRead
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[ActiveAccount])
@@ -16,12 +16,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[ActiveAccount])
 @router.get(
     "/{job_id}",
     response_model=JobRead,
-    responses={
-        401: {"model": ErrorResponse, "description": "Missing or invalid token."},
-        403: {"model": ErrorResponse, "description": "The account is deactivated."},
-        404: {"model": ErrorResponse, "description": "No such job for this caller."},
-        503: {"model": ErrorResponse, "description": "The job queue is unreachable."},
-    },
+    responses=errors(404),
 )
 async def read_job(
     job_id: str, principal: CurrentPrincipal, queue: JobQueueDep, session: ReadSessionDep
