@@ -16,7 +16,7 @@ from app.core.exceptions import PermissionDeniedError
 from app.core.health import ReadinessProbe
 from app.core.pagination import CursorCodec
 from app.core.security import CurrentPrincipal, OptionalPrincipal, Principal, require_roles
-from app.jobs.enqueue import JobQueueDep, JobsDep
+from app.jobs.enqueue import JobsDep, JobStatusDep
 from app.models.base import utcnow
 from app.models.user import User
 from app.services.users import find_user, get_or_create_user, is_up_to_date, remember_status
@@ -122,7 +122,7 @@ __all__ = [
     "CurrentPrincipal",
     "CurrentUser",
     "CursorCodecDep",
-    "JobQueueDep",
+    "JobStatusDep",
     "JobsDep",
     "OptionalPrincipal",
     "Principal",

@@ -6,8 +6,8 @@
   route that authenticates can answer 401 (and 503 when the identity provider is
   unreachable), one that checks the account 403, one that opens a database session
   503, one that is rate limited 429, one that reads input 422; a route adds only its
-  own (404, 409, 412) with `errors(...)`. Every error uses `ErrorResponse`, and
-  FastAPI's `HTTPValidationError` does not appear.
+  own (404, 409, 412) with `errors(...)`, and its success headers with `success(...)`.
+  Every error uses `ErrorResponse`; FastAPI's `HTTPValidationError` does not appear.
 * Headers are declared: `X-Request-ID` on every response, `RateLimit-*` on limited
   routes, `Retry-After` on 429 and 503, `WWW-Authenticate` on 401.
 """
@@ -58,7 +58,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"description": DESCRIPTIONS[code]} for code in codes}
 
 
-def headers(status: int, description: str, **declared: dict[str, Any]) -> dict[int | str, Any]:
+def success(status: int, description: str, **declared: dict[str, Any]) -> dict[int | str, Any]:
     """`responses=` entry declaring the headers of a success response."""
     return {status: {"description": description, "headers": dict(declared)}}
 
@@ -70,7 +70,7 @@ def _dependency_errors() -> dict[Callable[..., Any], tuple[int, ...]]:
     from app.api.preconditions import get_if_match
     from app.core.db import get_read_session, get_session
     from app.core.security import get_optional_principal
-    from app.jobs.enqueue import get_job_queue, get_jobs
+    from app.jobs.enqueue import get_job_statuses, get_jobs
 
     return {
         get_optional_principal: (401, 503),
@@ -81,7 +81,7 @@ def _dependency_errors() -> dict[Callable[..., Any], tuple[int, ...]]:
         get_if_match: (412,),
         get_idempotency: (422,),
         get_jobs: (503,),
-        get_job_queue: (503,),
+        get_job_statuses: (503,),
     }
 
 

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, Request
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.core.db import SessionDep, on_commit
+from app.core.db import ReadSessionDep, SessionDep, on_commit
 from app.core.exceptions import ServiceUnavailableError
-from app.jobs.outbox import forget, outbox_row
-from app.jobs.queue import UNAVAILABLE_MESSAGE, JobQueue, PreparedJob
+from app.jobs.outbox import forget, job_info_for, outbox_row
+from app.jobs.queue import UNAVAILABLE_MESSAGE, JobInfo, JobQueue, PreparedJob
 
 if TYPE_CHECKING:
     from app.jobs.registry import JobFunction
@@ -65,12 +65,27 @@ async def get_jobs(request: Request, session: SessionDep) -> Jobs:
     return Jobs(request.state.jobs, session)
 
 
-async def get_job_queue(request: Request) -> JobQueue:
+class JobStatuses:
+    """What a handler may read about jobs: their state, as their owner sees it. (Handlers
+    enqueue only through `JobsDep`, after their commit; `JobQueue` itself stays with the
+    outbox relay, scripts and tests.)"""
+
+    def __init__(self, queue: JobQueue, session: AsyncSession) -> None:
+        self._queue = queue
+        self._session = session
+
+    async def for_owner(self, job_id: str, owner: str) -> JobInfo | None:
+        """The job if `owner` enqueued it: `queued` while it still waits in the outbox
+        (also while Redis is down), else the queue's record; None otherwise."""
+        return await job_info_for(self._queue, self._session, job_id, owner)
+
+
+async def get_job_statuses(request: Request, session: ReadSessionDep) -> JobStatuses:
     queue: JobQueue | None = request.state.jobs
     if queue is None:
         raise ServiceUnavailableError(UNAVAILABLE_MESSAGE)
-    return queue
+    return JobStatuses(queue, session)
 
 
 JobsDep = Annotated[Jobs, Depends(get_jobs)]
-JobQueueDep = Annotated[JobQueue, Depends(get_job_queue)]
+JobStatusDep = Annotated[JobStatuses, Depends(get_job_statuses)]

@@ -18,10 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.cache import BACKOFF_SECONDS, create_redis
 from app.core.config import Settings
-from app.core.db import ReadSessionDep, SessionDep, on_commit
+from app.core.db import SessionDep, on_commit
 from app.core.exceptions import ConflictError
-from app.jobs.enqueue import JobQueueDep, JobsDep
-from app.jobs.outbox import job_info_for
+from app.jobs.enqueue import JobsDep, JobStatusDep
 from app.jobs.queue import JobQueue, JobState
 from app.jobs.registry import JobContext, PermanentJobError, job
 from app.main import create_app
@@ -69,11 +68,9 @@ async def create_note(
 
 
 @router.get("/jobs/{job_id}")
-async def read_job(
-    job_id: str, queue: JobQueueDep, session: ReadSessionDep
-) -> dict[str, str | None]:
+async def read_job(job_id: str, statuses: JobStatusDep) -> dict[str, str | None]:
     """The job's state as its owner sees it."""
-    info = await job_info_for(queue, session, job_id, "owner-1")
+    info = await statuses.for_owner(job_id, "owner-1")
     return {"state": info.state if info else None}
 
 

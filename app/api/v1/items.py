@@ -15,8 +15,8 @@ from app.api.deps import (
     CurrentPrincipal,
     CurrentUser,
     CursorCodecDep,
-    JobQueueDep,
     JobsDep,
+    JobStatusDep,
     ReadSessionDep,
     SessionDep,
     SettingsDep,
@@ -24,12 +24,11 @@ from app.api.deps import (
     job_owner,
 )
 from app.api.idempotency import IdempotencyDep
-from app.api.openapi import ETAG, LOCATION, REPLAYED, errors, headers
+from app.api.openapi import ETAG, LOCATION, REPLAYED, errors, success
 from app.api.preconditions import IfMatch, etag
 from app.core.exceptions import ConflictError, NotFoundError
 from app.core.ratelimit import rate_limit
 from app.jobs.exports import export_items
-from app.jobs.outbox import job_info_for
 from app.jobs.queue import JobState
 from app.models.item import Item
 from app.schemas.common import Page
@@ -42,8 +41,9 @@ from app.services.items import ItemFilters, ItemScope
 router = APIRouter(prefix="/items", tags=["items"], dependencies=[ActiveAccount])
 limit_writes = rate_limit(scope="items:write")  # RATE_LIMIT_ITEM_WRITES
 limit_exports = rate_limit(scope="items:export")  # RATE_LIMIT_EXPORTS
-# Changes also bring the caller's `users` row up to date (creating uses CurrentUser).
-active_account = Depends(get_current_user)
+# Changes also bring the caller's `users` row up to date (creating uses CurrentUser);
+# whether the account may act at all is `ActiveAccount`'s job, on the whole router.
+refresh_user_row = Depends(get_current_user)
 
 
 async def get_item_scope(principal: CurrentPrincipal) -> ItemScope:
@@ -74,7 +74,7 @@ _DOWNLOAD: dict[int | str, dict[str, Any]] = {
     "",
     status_code=201,
     response_model=ItemRead,
-    responses=headers(201, "The created item.", **LOCATION, **ETAG, **REPLAYED),
+    responses=success(201, "The created item.", **LOCATION, **ETAG, **REPLAYED),
     dependencies=[limit_writes],
 )
 async def create_item(
@@ -124,8 +124,8 @@ async def list_items(
     "/exports",
     status_code=202,
     response_model=JobAccepted,
-    responses=headers(202, "The export is queued.", **LOCATION),
-    dependencies=[limit_exports, active_account],
+    responses=success(202, "The export is queued.", **LOCATION),
+    dependencies=[limit_exports, refresh_user_row],
 )
 async def export_items_csv(
     request: Request,
@@ -155,12 +155,11 @@ async def export_items_csv(
 async def download_export(
     job_id: str,
     principal: CurrentPrincipal,
-    queue: JobQueueDep,
-    session: ReadSessionDep,
+    statuses: JobStatusDep,
     settings: SettingsDep,
 ) -> FileResponse:
     """Download a finished export (only the caller who asked for it can)."""
-    info = await job_info_for(queue, session, job_id, job_owner(principal))
+    info = await statuses.for_owner(job_id, job_owner(principal))
     if info is None or info.function != export_items.name:
         raise NotFoundError("Export not found.")
     if info.state is JobState.FAILED:
@@ -174,7 +173,7 @@ async def download_export(
 
 
 @router.get(
-    "/{item_id}", response_model=ItemRead, responses=headers(200, "The item.", **ETAG) | errors(404)
+    "/{item_id}", response_model=ItemRead, responses=success(200, "The item.", **ETAG) | errors(404)
 )
 async def read_item(
     item_id: uuid.UUID, scope: ScopeDep, session: ReadSessionDep, cache: CacheDep
@@ -186,8 +185,8 @@ async def read_item(
 @router.patch(
     "/{item_id}",
     response_model=ItemRead,
-    responses=headers(200, "The item as changed.", **ETAG) | errors(404),
-    dependencies=[limit_writes, active_account],
+    responses=success(200, "The item as changed.", **ETAG) | errors(404),
+    dependencies=[limit_writes, refresh_user_row],
 )
 async def update_item(
     item_id: uuid.UUID,
@@ -206,7 +205,7 @@ async def update_item(
     "/{item_id}",
     status_code=204,
     responses=errors(404),
-    dependencies=[limit_writes, active_account],
+    dependencies=[limit_writes, refresh_user_row],
 )
 async def delete_item(
     item_id: uuid.UUID, if_match: IfMatch, scope: ScopeDep, session: SessionDep, cache: CacheDep
@@ -219,8 +218,8 @@ async def delete_item(
 @router.post(
     "/{item_id}/restore",
     response_model=ItemRead,
-    responses=headers(200, "The restored item.", **ETAG) | errors(404),
-    dependencies=[limit_writes, active_account],
+    responses=success(200, "The restored item.", **ETAG) | errors(404),
+    dependencies=[limit_writes, refresh_user_row],
 )
 async def restore_item(
     item_id: uuid.UUID, scope: ScopeDep, session: SessionDep, cache: CacheDep
