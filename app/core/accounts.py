@@ -51,8 +51,5 @@ class AccountStatusCache:
             del entries[next(iter(entries))]
         entries[key] = (active, self._clock() + self.ttl)
 
-    def forget(self, issuer: str, subject: str) -> None:
-        self._entries.pop((issuer, subject), None)
-
     def __len__(self) -> int:
         return len(self._entries)

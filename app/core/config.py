@@ -8,6 +8,7 @@ Unsafe values refuse to start in production.
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -398,6 +399,11 @@ class Settings(BaseSettings):
         if self.LOG_FORMAT is not None:
             return self.LOG_FORMAT
         return "console" if self.ENVIRONMENT is Environment.DEVELOPMENT else "json"
+
+    @property
+    def project_slug(self) -> str:
+        """PROJECT_NAME as a name for machines (release and service names), e.g. `orders-api`."""
+        return re.sub(r"[^a-z0-9._-]+", "-", self.PROJECT_NAME.lower()).strip("-") or "app"
 
     @property
     def metrics_host(self) -> str:

@@ -51,15 +51,9 @@ _initialised: tuple[str, str, str] | None = None  # (dsn, environment, release)
 _component = "api"
 
 
-def project_slug(settings: Settings) -> str:
-    """PROJECT_NAME as a name for machines, e.g. `orders-api`."""
-    slug = re.sub(r"[^a-z0-9._-]+", "-", settings.PROJECT_NAME.lower()).strip("-")
-    return slug or "app"
-
-
 def release_name(settings: Settings) -> str:
     """`project-name@version`, e.g. `orders-api@0.1.0`."""
-    return f"{project_slug(settings)}@{__version__}"
+    return f"{settings.project_slug}@{__version__}"
 
 
 def init_error_reporting(settings: Settings, *, component: str) -> bool:

@@ -31,7 +31,6 @@ from opentelemetry.trace import SpanKind
 
 from app import __version__
 from app.core.config import ConfigError, Settings
-from app.core.error_reporting import project_slug
 from app.core.logging import include_trace_ids
 
 if TYPE_CHECKING:
@@ -104,7 +103,7 @@ def configure_tracing(
             "install the `observability` extra (uv sync --extra observability) or unset it"
         ) from exc
     defaults: dict[str, str] = {
-        "service.name": f"{project_slug(settings)}-{component}",
+        "service.name": f"{settings.project_slug}-{component}",
         "service.version": __version__,
         "deployment.environment.name": settings.ENVIRONMENT.value,
     }
