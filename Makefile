@@ -15,7 +15,7 @@ IMAGE ?= fastapi-template:latest
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: help venv install dev worker worker-check up down logs image secret rename migrate prestart token test coverage lint format hooks openapi bench
+.PHONY: help venv install dev worker worker-check up down logs image secret rename resource migrate prestart token test coverage lint format hooks openapi bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -70,6 +70,10 @@ secret: ## Print a strong random SECRET_KEY
 rename: ## Rename the project: make rename name="Orders API" [ARGS=--dry-run]
 	@test -n "$(name)" || { echo 'usage: make rename name="Orders API" [ARGS=--dry-run]' >&2; exit 2; }
 	$(PYTHON) -m scripts.rename "$(name)" $(ARGS)
+
+resource: install ## Add a resource on the kit: make resource name=orders [singular=order] [ARGS=--dry-run]
+	@test -n "$(name)" || { echo 'usage: make resource name=orders [singular=order] [ARGS=--dry-run]' >&2; exit 2; }
+	$(RUN) python -m scripts.resource "$(name)" $(if $(singular),--singular "$(singular)") $(ARGS)
 
 # Autogenerate compares the models with the database, so the database is brought up to
 # date first (alembic refuses to generate against one that is behind).

@@ -59,6 +59,7 @@ class AppState(TypedDict):
     rate_limiter: RateLimiter
     verifier: TokenVerifier
     accounts: AccountStatusCache
+    cursor_codec: CursorCodec
 
 
 async def _check_redis(redis: Redis | None, timeout: float) -> None:
@@ -141,6 +142,7 @@ def _lifespan(
                 ),
                 verifier=verifier,
                 accounts=AccountStatusCache(settings.AUTH_DEACTIVATION_TTL),
+                cursor_codec=CursorCodec(settings.SECRET_KEY.get_secret_value()),
             )
 
     return lifespan
@@ -172,7 +174,6 @@ def create_app(
     )
     app.state.settings = settings
     app.state.request_metrics = metrics.RequestMetrics() if settings.METRICS_PORT else None
-    app.state.cursor_codec = CursorCodec(settings.SECRET_KEY.get_secret_value())
     register_exception_handlers(app)
     for router, prefix in ROUTERS:
         app.include_router(router, prefix=settings.API_V1_STR + prefix)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import Enum, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-from app.models.base import SoftDeleteMixin
+from app.models.base import SoftDeleteMixin, UTCDateTime
 
 
 class ScratchTable(SQLModel, registry=registry()):
@@ -30,6 +32,27 @@ class Trash(ScratchTable, SoftDeleteMixin, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     label: str
+
+
+class Rank(enum.StrEnum):
+    LOW = "low"
+    HIGH = "high"
+
+
+class Ranked(ScratchTable, table=True):
+    """A table with a sortable column of every kind a cursor must carry."""
+
+    __tablename__ = "test_ranked"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    score: int
+    label: str
+    # Stored as its value, as items store their status: sorts by value on every database.
+    rank: Rank = Field(
+        sa_type=Enum(Rank, native_enum=False, values_callable=lambda e: [m.value for m in e])
+    )
+    ref: uuid.UUID
+    seen_at: datetime = Field(sa_type=UTCDateTime)
 
 
 async def count_notes(engine: AsyncEngine) -> int:

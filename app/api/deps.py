@@ -38,7 +38,7 @@ async def get_readiness_probe(request: Request) -> ReadinessProbe:
 
 
 async def get_cursor_codec(request: Request) -> CursorCodec:
-    codec: CursorCodec = request.app.state.cursor_codec
+    codec: CursorCodec = request.state.cursor_codec
     return codec
 
 
@@ -80,16 +80,28 @@ async def get_current_user(
     principal: CurrentPrincipal, request: Request, accounts: AccountStatusDep
 ) -> User:
     """The caller's `users` row, created on first use (401 without a valid token, 403
-    when the account is deactivated)."""
-    return _refuse_if_deactivated(accounts, await _load_user(request, principal))
+    when the account is deactivated). Loaded once per request, however many
+    dependencies ask for it."""
+    user: User | None = getattr(request.state, "current_user", None)
+    if user is None:
+        user = _refuse_if_deactivated(accounts, await _load_user(request, principal))
+        request.state.current_user = user
+    return user
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 async def require_active_account(
     principal: CurrentPrincipal, request: Request, accounts: AccountStatusDep
 ) -> None:
     """403 for a deactivated account, on every authenticated route (routers take it as a
-    dependency). Answered from this process's cache (no round trip) while it is fresh;
-    otherwise one lookup, which does not create a row for a caller that has none."""
+    dependency). A write checks the caller's row at once (and brings it up to date, as
+    `CurrentUser` does); a read is answered from this process's cache while it is fresh,
+    otherwise by one lookup, which does not create a row for a caller that has none."""
+    if request.method not in _SAFE_METHODS:
+        await get_current_user(principal, request, accounts)
+        return
     active = accounts.get(principal.issuer, principal.subject)
     if active is True:
         return

@@ -94,7 +94,7 @@ RATE_LIMITED = Counter("rate_limited_requests", "Requests refused with 429, by b
 IDEMPOTENT_REPLAYS = Counter(
     "idempotent_replays", "Requests answered from a stored Idempotency-Key response."
 )
-CACHE_READS = Counter("cache_reads", "Reads of the item cache.", ("result",))
+CACHE_READS = Counter("cache_reads", "Reads of the resource row cache.", ("result",))
 JOBS_STARTED = Counter("jobs_started", "Job tries started.", ("function",))
 JOBS_COMPLETED = Counter("jobs_completed", "Jobs that completed.", ("function",))
 JOBS_FAILED = Counter("jobs_failed", "Jobs that failed for good.", ("function",))

@@ -17,8 +17,9 @@ from typing import Any
 
 from app.jobs.registry import JobContext, job
 from app.models.item import ItemStatus
+from app.resources import OwnerScope
 from app.services.item_exports import export_items_csv, export_path, remove_old_exports
-from app.services.items import ItemFilters, ItemScope
+from app.services.items import ItemFilters
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ async def export_items(
     # Jobs queued before identities carried their issuer name a provider: their owner is
     # unknown by issuer, so only a tenant's export (which needs no owner) still matches.
     issuer = str(scope.get("issuer", ""))
-    item_scope = ItemScope(scope.get("tenant_id"), issuer, str(scope["subject"]))
+    item_scope = OwnerScope(scope.get("tenant_id"), issuer, str(scope["subject"]))
     path = export_path(ctx.settings.EXPORT_DIR, ctx.job_id)
     rows = await export_items_csv(ctx.session, item_scope, _filters(filters), path)
     logger.info("exported %d items to %s", rows, path.name, extra={"job_id": ctx.job_id})

@@ -1,11 +1,14 @@
 """Shared model building blocks: ids, database-set timestamps, soft delete, naming.
 
 Every table gets a time-ordered UUID primary key and `created_at`/`updated_at`
-columns the database fills. `SoftDeleteMixin` adds `deleted_at` with helpers;
-decorating a table model with `@purgeable` lets the purge job hard-delete its rows
-once they have been soft-deleted for `SOFT_DELETE_RETENTION_DAYS`.
-The metadata naming convention keeps constraint names deterministic, so
-migrations autogenerate the same names on SQLite and PostgreSQL.
+columns the database fills. `SoftDeleteMixin` adds `deleted_at` with helpers,
+`OwnedMixin` the tenant and owner columns every scoped query filters on, and
+`VersionedMixin` the row version behind ETags. `ScopedTable` combines them all: the
+base of a resource (`class Order(ScopedTable, table=True)`). Decorating a table
+model with `@purgeable` lets the purge job hard-delete its rows once they have been
+soft-deleted for `SOFT_DELETE_RETENTION_DAYS`. The metadata naming convention keeps
+constraint names deterministic, so migrations autogenerate the same names on SQLite
+and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import DateTime, func
+from sqlalchemy import DateTime, Index, func
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
@@ -120,6 +123,40 @@ class SoftDeleteMixin(SQLModel):
     def only_deleted(cls) -> ColumnElement[bool]:
         column: Any = cls.deleted_at
         return column.is_not(None)  # type: ignore[no-any-return]
+
+
+class OwnedMixin(SQLModel):
+    """Whose row it is: a tenant's (`tenant_id`), or without a tenant its owner's alone.
+    `OwnerScope` (app/resources/scope.py) limits every query to one of the two."""
+
+    tenant_id: str | None = Field(default=None, max_length=255)
+    owner_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE")
+
+
+class VersionedMixin(SQLModel):
+    """A row version, raised by one on every change: the `ETag`, checked by `If-Match`."""
+
+    version: int = Field(default=1)
+
+
+# Listed in reverse so the columns come out id first: pydantic collects fields from
+# the last base to the first.
+class ScopedTable(VersionedMixin, SoftDeleteMixin, OwnedMixin, BaseTable):
+    """Id, timestamps, tenant and owner, soft delete and version: what the resource kit
+    (app/resources) needs of a table."""
+
+    # Read database-set columns back in the INSERT itself (RETURNING), not lazily later.
+    __mapper_args__: ClassVar[dict[str, object]] = {"eager_defaults": True}
+
+
+def scope_indexes(table: str, *sort_columns: str) -> tuple[Index, ...]:
+    """One index per (scope, sort column, id) path, scope first: a scoped, sorted page
+    then reads only its own rows, on SQLite and PostgreSQL alike."""
+    return tuple(
+        Index(f"ix_{table}_{scope}_{column}_id", scope, column, "id")
+        for column in sort_columns
+        for scope in ("tenant_id", "owner_id")
+    )
 
 
 SoftDeletable = TypeVar("SoftDeletable", bound=type[SoftDeleteMixin])

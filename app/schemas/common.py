@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 T = TypeVar("T")
+# Long enough for a cursor on a 200-character title of 4-byte characters.
+MAX_CURSOR_LENGTH = 2048
 
 
 def _whole_seconds_utc(value: datetime) -> datetime:
@@ -41,3 +44,35 @@ class Page(BaseModel, Generic[T]):
     total: int | None = Field(
         default=None, description="Rows matching the filters; only with include_total=true."
     )
+
+
+class PageParams(BaseModel):
+    """The query parameters of every list; a resource's list adds `sort` (a `Literal`
+    of its `Sorts` names) and its filters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=MAX_CURSOR_LENGTH)
+    include_total: bool = False
+
+
+class PartialUpdate(BaseModel):
+    """A PATCH body: only the fields sent change. Every field defaults to None, meaning
+    "not sent"; a field named in `not_null` refuses an explicit null (declare it as
+    `X | SkipJsonSchema[None] = None`, so the schema shows it non-nullable), and any
+    other field is cleared by null."""
+
+    model_config = ConfigDict(extra="forbid")
+    not_null: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _refuse_null(self) -> Self:
+        for name in self.not_null:
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise PydanticCustomError("null_not_allowed", f"{name} may not be null")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        """The fields sent, by name."""
+        return self.model_dump(exclude_unset=True)

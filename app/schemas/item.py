@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -14,17 +14,14 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from app.models.item import ItemStatus
-from app.schemas.common import Timestamp
+from app.schemas.common import PageParams, PartialUpdate, Timestamp
 
 MAX_TAGS = 20
-# Long enough for a cursor on a 200-character title of 4-byte characters.
-MAX_CURSOR_LENGTH = 2048
 # PostgreSQL cannot store NUL in text at all; a title or a search term has no use for
 # any other control character either.
 _NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
@@ -86,27 +83,15 @@ class ItemCreate(BaseModel):
     tags: Tags = Field(default_factory=list)
 
 
-class ItemUpdate(BaseModel):
+class ItemUpdate(PartialUpdate):
     """A partial update: only the fields present are changed (`description: null` clears it)."""
 
-    model_config = ConfigDict(extra="forbid")
+    not_null = ("title", "status", "tags")
 
-    # Omitted means unchanged; null is refused (and left out of the schema) for all but
-    # `description`, which null clears.
     title: Title | SkipJsonSchema[None] = None
     description: Description | None = None
     status: ItemStatus | SkipJsonSchema[None] = None
     tags: Tags | SkipJsonSchema[None] = None
-
-    @model_validator(mode="after")
-    def _required_fields_are_not_null(self) -> Self:
-        for name in ("title", "status", "tags"):
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise PydanticCustomError("null_not_allowed", f"{name} may not be null")
-        return self
-
-    def changes(self) -> dict[str, object]:
-        return self.model_dump(exclude_unset=True)
 
 
 class ItemRead(BaseModel):
@@ -124,14 +109,9 @@ class ItemRead(BaseModel):
     updated_at: Timestamp
 
 
-class ItemListParams(BaseModel):
+class ItemListParams(PageParams):
     """Query parameters of `GET /items`."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    limit: int = Field(default=20, ge=1, le=100)
-    cursor: str | None = Field(default=None, max_length=MAX_CURSOR_LENGTH)
-    include_total: bool = False
     status: ItemStatus | None = None
     q: SearchTerm | None = None
     created_after: Instant | None = None

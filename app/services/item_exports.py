@@ -11,7 +11,8 @@ from typing import TextIO
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models.item import Item
-from app.services.items import ItemFilters, ItemScope, iter_items
+from app.resources import OwnerScope
+from app.services.items import ItemFilters, iter_items
 
 COLUMNS = (
     "id", "title", "description", "status", "tags", "tenant_id", "owner_id", "version",
@@ -41,7 +42,7 @@ def export_path(directory: Path, job_id: str) -> Path:
 
 
 async def export_items_csv(
-    session: AsyncSession, scope: ItemScope, filters: ItemFilters, path: Path
+    session: AsyncSession, scope: OwnerScope, filters: ItemFilters, path: Path
 ) -> int:
     """Write every matching item to `path` atomically: readers never see half a file,
     and a failed export leaves no partial file behind."""
@@ -59,7 +60,7 @@ async def export_items_csv(
 
 
 async def _write_rows(
-    session: AsyncSession, scope: ItemScope, filters: ItemFilters, file: TextIO
+    session: AsyncSession, scope: OwnerScope, filters: ItemFilters, file: TextIO
 ) -> int:
     writer = csv.writer(file)
     await asyncio.to_thread(writer.writerow, COLUMNS)

@@ -26,8 +26,9 @@ from app.jobs.purge import purge_soft_deleted
 from app.jobs.queue import JobQueue
 from app.models.base import utcnow
 from app.models.item import Item
+from app.resources import OwnerScope
 from app.services.item_exports import export_items_csv
-from app.services.items import ItemFilters, ItemScope
+from app.services.items import ItemFilters
 from tests.faults import redis_server
 from tests.jobs.conftest import job_settings, relay_now, run_worker
 from tests.support import auth_headers, make_settings, running_app
@@ -157,7 +158,7 @@ async def test_a_failed_export_leaves_no_file_behind(
     db_engine: AsyncEngine, tmp_path: Path
 ) -> None:
     path = tmp_path / "out" / "items-job.csv"
-    scope = ItemScope("acme", "local", "alice")
+    scope = OwnerScope("acme", "local", "alice")
     # The query fails once the file is open: naive datetimes are refused by the column type.
     broken = ItemFilters(created_after=datetime(2024, 1, 1))
 

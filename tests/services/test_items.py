@@ -10,9 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.cache import Cache
 from app.core.db import create_session_factory, session_context
 from app.core.security import Principal
+from app.resources import OwnerScope
 from app.schemas.item import ItemCreate
 from app.services import items as service
-from app.services.items import ItemScope
 from app.services.users import get_or_create_user
 
 
@@ -20,7 +20,7 @@ async def test_an_update_returns_what_it_wrote_when_the_session_already_holds_th
     db_engine: AsyncEngine, clean_db: None
 ) -> None:
     who = Principal("local", uuid.uuid4().hex, None, frozenset(), "acme", MappingProxyType({}))
-    scope = ItemScope("acme", who.provider, who.subject)
+    scope = OwnerScope("acme", who.provider, who.subject)
     factory = create_session_factory(db_engine)
     async with session_context(factory) as session:
         owner = await get_or_create_user(session, who)

@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from app.api.deps import (
@@ -20,50 +20,25 @@ from app.api.deps import (
     ReadSessionDep,
     SessionDep,
     SettingsDep,
-    get_current_user,
     job_owner,
 )
 from app.api.idempotency import IdempotencyDep
 from app.api.openapi import ETAG, LOCATION, REPLAYED, errors, success
-from app.api.preconditions import IfMatch, etag
+from app.api.preconditions import IfMatch, tagged
 from app.core.exceptions import ConflictError, NotFoundError
 from app.core.ratelimit import rate_limit
 from app.jobs.exports import export_items
 from app.jobs.queue import JobState
-from app.models.item import Item
+from app.resources import ScopeDep
 from app.schemas.common import Page
 from app.schemas.item import ItemCreate, ItemExportParams, ItemListParams, ItemRead, ItemUpdate
 from app.schemas.job import JobAccepted
 from app.services import items as service
 from app.services.item_exports import export_path
-from app.services.items import ItemFilters, ItemScope
 
 router = APIRouter(prefix="/items", tags=["items"], dependencies=[ActiveAccount])
 limit_writes = rate_limit(scope="items:write")  # RATE_LIMIT_ITEM_WRITES
 limit_exports = rate_limit(scope="items:export")  # RATE_LIMIT_EXPORTS
-# Changes also bring the caller's `users` row up to date (creating uses CurrentUser);
-# whether the account may act at all is `ActiveAccount`'s job, on the whole router.
-refresh_user_row = Depends(get_current_user)
-
-
-async def get_item_scope(principal: CurrentPrincipal) -> ItemScope:
-    return ItemScope(principal.tenant_id, principal.issuer, principal.subject)
-
-
-ScopeDep = Annotated[ItemScope, Depends(get_item_scope)]
-
-
-def _item_response(item: ItemRead, status_code: int = 200, **headers: str) -> JSONResponse:
-    return JSONResponse(
-        item.model_dump(mode="json"),
-        status_code=status_code,
-        headers={"ETag": etag(item.version), **headers},
-    )
-
-
-def _read(item: Item) -> ItemRead:
-    return ItemRead.model_validate(item)
-
 
 _DOWNLOAD: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {}}, "description": "The export, as CSV."},
@@ -89,9 +64,11 @@ async def create_item(
     replay = await idempotency.replay(body)
     if replay is not None:
         return replay
-    item = _read(await service.create_item(session, user, principal.tenant_id, body))
+    item = ItemRead.model_validate(
+        await service.create_item(session, user, principal.tenant_id, body)
+    )
     location = request.app.url_path_for("read_item", item_id=str(item.id))
-    response = _item_response(item, 201, Location=location)
+    response = tagged(item, 201, Location=location)
     await idempotency.remember(response)
     return response
 
@@ -104,20 +81,9 @@ async def list_items(
     codec: CursorCodecDep,
 ) -> Page[ItemRead]:
     """List items, newest first by default, with cursor paging and filters."""
-    filters = ItemFilters(params.status, params.q, params.created_after, params.created_before)
-    page = await service.list_items(
-        session,
-        scope,
-        filters,
-        codec=codec,
-        limit=params.limit,
-        sort=params.sort,
-        cursor=params.cursor,
-        include_total=params.include_total,
-    )
-    return Page(
-        items=[_read(i) for i in page.items], next_cursor=page.next_cursor, total=page.total
-    )
+    page = await service.list_items(session, scope, params, codec)
+    items = [ItemRead.model_validate(item) for item in page.items]
+    return Page(items=items, next_cursor=page.next_cursor, total=page.total)
 
 
 @router.post(
@@ -125,7 +91,7 @@ async def list_items(
     status_code=202,
     response_model=JobAccepted,
     responses=success(202, "The export is queued.", **LOCATION),
-    dependencies=[limit_exports, refresh_user_row],
+    dependencies=[limit_exports],
 )
 async def export_items_csv(
     request: Request,
@@ -179,14 +145,14 @@ async def read_item(
     item_id: uuid.UUID, scope: ScopeDep, session: ReadSessionDep, cache: CacheDep
 ) -> Response:
     """One item, with its `ETag`."""
-    return _item_response(await service.read_item(session, cache, scope, item_id))
+    return tagged(await service.read_item(session, cache, scope, item_id))
 
 
 @router.patch(
     "/{item_id}",
     response_model=ItemRead,
     responses=success(200, "The item as changed.", **ETAG) | errors(404),
-    dependencies=[limit_writes, refresh_user_row],
+    dependencies=[limit_writes],
 )
 async def update_item(
     item_id: uuid.UUID,
@@ -198,15 +164,10 @@ async def update_item(
 ) -> Response:
     """Change the fields sent; with `If-Match`, only if the item is still at that version."""
     item = await service.update_item(session, cache, scope, item_id, body.changes(), if_match)
-    return _item_response(_read(item))
+    return tagged(ItemRead.model_validate(item))
 
 
-@router.delete(
-    "/{item_id}",
-    status_code=204,
-    responses=errors(404),
-    dependencies=[limit_writes, refresh_user_row],
-)
+@router.delete("/{item_id}", status_code=204, responses=errors(404), dependencies=[limit_writes])
 async def delete_item(
     item_id: uuid.UUID, if_match: IfMatch, scope: ScopeDep, session: SessionDep, cache: CacheDep
 ) -> Response:
@@ -219,10 +180,11 @@ async def delete_item(
     "/{item_id}/restore",
     response_model=ItemRead,
     responses=success(200, "The restored item.", **ETAG) | errors(404),
-    dependencies=[limit_writes, refresh_user_row],
+    dependencies=[limit_writes],
 )
 async def restore_item(
     item_id: uuid.UUID, scope: ScopeDep, session: SessionDep, cache: CacheDep
 ) -> Response:
     """Undo a soft delete."""
-    return _item_response(_read(await service.restore_item(session, cache, scope, item_id)))
+    item = await service.restore_item(session, cache, scope, item_id)
+    return tagged(ItemRead.model_validate(item))

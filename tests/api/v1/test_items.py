@@ -22,8 +22,8 @@ from app.core.db import create_read_session_factory
 from app.models.idempotency import IdempotencyRecord
 from app.models.item import Item
 from app.models.user import User
+from app.resources import OwnerScope
 from app.services import items as service
-from app.services.items import ItemScope
 from tests.faults import redis_server
 from tests.support import CLOSED_PORT_URL, auth_headers, make_settings, running_app
 
@@ -530,7 +530,7 @@ async def test_a_read_racing_a_write_cannot_cache_the_old_item(
         assert response.status_code in {200, 204}
 
     redis = create_redis(settings)
-    scope = ItemScope(tenant, settings.AUTH_PROVIDER.value, sub)
+    scope = OwnerScope(tenant, settings.AUTH_PROVIDER.value, sub)
     try:
         async with create_read_session_factory(db_engine)() as session:
             racing = WriteDuringRead(session, write)
@@ -552,10 +552,12 @@ async def test_a_cache_entry_this_release_cannot_read_is_a_miss(
     sub, tenant = f"cache-{uuid.uuid4().hex}", f"t-{uuid.uuid4().hex}"
     headers = caller(settings, sub, tenant)
     item = await create(client, headers, "Current")
-    scope = ItemScope(tenant, settings.AUTH_PROVIDER.value, sub)
+    scope = OwnerScope(tenant, settings.AUTH_PROVIDER.value, sub)
     redis = create_redis(settings)
     try:  # as an older release with another item shape would have left it
-        await Cache(redis).set_json(scope.cache_key(uuid.UUID(item["id"])), {"name": "x"}, 60)
+        await Cache(redis).set_json(
+            service.items.cache.key(scope, uuid.UUID(item["id"])), {"name": "x"}, 60
+        )
         response = await client.get(f"{ITEMS}/{item['id']}", headers=headers)
     finally:
         assert redis is not None
