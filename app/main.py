@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__
 from app.api import openapi, well_known
+from app.api.responses import check_routes
 from app.api.v1.router import ROUTERS
 from app.core import metrics, tracing
 from app.core.accounts import AccountStatusCache
@@ -179,6 +180,7 @@ def create_app(
         app.include_router(router, prefix=settings.API_V1_STR + prefix)
     if auth.local_jwks is not None:
         app.include_router(well_known.router)
+    check_routes(app.routes)
     openapi.install(app)
     if settings.BACKEND_CORS_ORIGINS:
         app.add_middleware(

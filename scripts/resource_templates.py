@@ -176,7 +176,8 @@ from app.api.deps import (
 )
 from app.api.idempotency import IdempotencyDep
 from app.api.openapi import ETAG, LOCATION, REPLAYED, errors, success
-from app.api.preconditions import IfMatch, tagged
+from app.api.preconditions import IfMatch
+from app.api.responses import ModelResponse, Replayed, tagged
 from app.core.ratelimit import rate_limit
 from app.resources import ScopeDep
 from app.schemas.common import Page
@@ -201,7 +202,7 @@ async def create_$one(
     principal: CurrentPrincipal,
     session: SessionDep,
     idempotency: IdempotencyDep,
-) -> Response:
+) -> ModelResponse[${Model}Read] | Replayed:
     """Create a $label. A retry with the same `Idempotency-Key` returns the first response."""
     replay = await idempotency.replay(body)
     if replay is not None:
@@ -233,7 +234,7 @@ async def list_$names(
 )
 async def read_$one(
     ${one}_id: uuid.UUID, scope: ScopeDep, session: ReadSessionDep, cache: CacheDep
-) -> Response:
+) -> ModelResponse[${Model}Read]:
     """One $label, with its `ETag`."""
     return tagged(await service.read_$one(session, cache, scope, ${one}_id))
 
@@ -251,7 +252,7 @@ async def update_$one(
     scope: ScopeDep,
     session: SessionDep,
     cache: CacheDep,
-) -> Response:
+) -> ModelResponse[${Model}Read]:
     """Change the fields sent; with `If-Match`, only if the $label is still at that version."""
     changes = body.changes()
     updated = await service.update_$one(session, cache, scope, ${one}_id, changes, if_match)

@@ -27,6 +27,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.api.responses import Replayed
 from app.core import metrics
 from app.core.db import SessionDep
 from app.core.exceptions import ServiceUnavailableError, ValidationError
@@ -48,7 +49,7 @@ class Idempotency:
         self.fingerprint = ""
         self.is_claimed = False
 
-    async def replay(self, body: BaseModel) -> Response | None:
+    async def replay(self, body: BaseModel) -> Replayed | None:
         """The stored response when this request repeats an earlier one; None when it
         should run, the key then being held by this request's transaction."""
         if self.key is None:
@@ -67,7 +68,7 @@ class Idempotency:
             )
         return self._answer(record)
 
-    def _answer(self, record: IdempotencyRecord) -> Response:
+    def _answer(self, record: IdempotencyRecord) -> Replayed:
         if record.fingerprint != self.fingerprint:
             raise ValidationError(
                 "This Idempotency-Key was already used with a different request body.",
@@ -75,7 +76,7 @@ class Idempotency:
             )
         headers = {**record.headers, "Idempotent-Replayed": "true"}
         metrics.IDEMPOTENT_REPLAYS.inc()
-        return Response(record.body, status_code=record.status_code, headers=headers)
+        return Replayed(record.body, status_code=record.status_code, headers=headers)
 
     async def remember(self, response: Response) -> None:
         """Store `response` with the claimed key, in the request's transaction."""

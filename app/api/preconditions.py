@@ -1,7 +1,7 @@
-"""HTTP conditional requests: `ETag` from a row version and `If-Match` checks.
+"""HTTP conditional requests: the versions `If-Match` accepts (`IfMatch`).
 
-`tagged` answers a versioned resource with its `ETag`; `IfMatch` hands a write the
-versions the client accepts (app/resources/versioning.py checks them in the UPDATE).
+Responses carry the `ETag` (app/api/responses.py: `tagged`); writes check the
+versions in the UPDATE itself (app/resources/versioning.py).
 """
 
 from __future__ import annotations
@@ -10,22 +10,8 @@ import re
 from typing import Annotated
 
 from fastapi import Depends, Header
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 _STRONG_TAG = re.compile(r'^"(\d{1,18})"$')
-
-
-def etag(version: int) -> str:
-    return f'"{version}"'
-
-
-def tagged(body: BaseModel, status_code: int = 200, **headers: str) -> JSONResponse:
-    """`body` as JSON with its `ETag` (and any other `headers`, such as `Location`)."""
-    content = body.model_dump(mode="json")
-    return JSONResponse(
-        content, status_code=status_code, headers={"ETag": etag(content["version"]), **headers}
-    )
 
 
 async def get_if_match(

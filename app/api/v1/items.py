@@ -7,7 +7,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 
 from app.api.deps import (
     ActiveAccount,
@@ -24,7 +24,8 @@ from app.api.deps import (
 )
 from app.api.idempotency import IdempotencyDep
 from app.api.openapi import ETAG, LOCATION, REPLAYED, errors, success
-from app.api.preconditions import IfMatch, tagged
+from app.api.preconditions import IfMatch
+from app.api.responses import ModelResponse, Replayed, tagged
 from app.core.exceptions import ConflictError, NotFoundError
 from app.core.ratelimit import rate_limit
 from app.jobs.exports import export_items
@@ -59,7 +60,7 @@ async def create_item(
     principal: CurrentPrincipal,
     session: SessionDep,
     idempotency: IdempotencyDep,
-) -> Response:
+) -> ModelResponse[ItemRead] | Replayed:
     """Create an item. A retry with the same `Idempotency-Key` returns the first response."""
     replay = await idempotency.replay(body)
     if replay is not None:
@@ -98,7 +99,7 @@ async def export_items_csv(
     principal: CurrentPrincipal,
     jobs: JobsDep,
     body: ItemExportParams | None = None,
-) -> JSONResponse:
+) -> ModelResponse[JobAccepted]:
     """Queue a CSV export of the caller's items (same filters as the list); 202 + job URL."""
     body = body or ItemExportParams()
     scope = {
@@ -110,7 +111,7 @@ async def export_items_csv(
     job_id = await jobs.enqueue(export_items, scope, filters, _owner=job_owner(principal))
     status_url = request.app.url_path_for("read_job", job_id=job_id)
     accepted = JobAccepted(job_id=job_id, status_url=status_url)
-    return JSONResponse(accepted.model_dump(mode="json"), 202, headers={"Location": status_url})
+    return ModelResponse(accepted, 202, {"Location": status_url})
 
 
 @router.get(
@@ -143,7 +144,7 @@ async def download_export(
 )
 async def read_item(
     item_id: uuid.UUID, scope: ScopeDep, session: ReadSessionDep, cache: CacheDep
-) -> Response:
+) -> ModelResponse[ItemRead]:
     """One item, with its `ETag`."""
     return tagged(await service.read_item(session, cache, scope, item_id))
 
@@ -161,7 +162,7 @@ async def update_item(
     scope: ScopeDep,
     session: SessionDep,
     cache: CacheDep,
-) -> Response:
+) -> ModelResponse[ItemRead]:
     """Change the fields sent; with `If-Match`, only if the item is still at that version."""
     item = await service.update_item(session, cache, scope, item_id, body.changes(), if_match)
     return tagged(ItemRead.model_validate(item))
@@ -184,7 +185,7 @@ async def delete_item(
 )
 async def restore_item(
     item_id: uuid.UUID, scope: ScopeDep, session: SessionDep, cache: CacheDep
-) -> Response:
+) -> ModelResponse[ItemRead]:
     """Undo a soft delete."""
     item = await service.restore_item(session, cache, scope, item_id)
     return tagged(ItemRead.model_validate(item))

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
 from fastapi import APIRouter
-from fastapi.responses import Response
 
 from app import __version__
 from app.api.deps import ReadinessDep
+from app.api.responses import ModelResponse
 from app.schemas.health import Liveness, Readiness
 
 router = APIRouter(prefix="/health", tags=["health"])
 
 _NO_STORE = {"cache-control": "no-store"}
-_LIVENESS_BODY = json.dumps({"status": "ok", "version": __version__}).encode()
+_LIVE = Liveness(status="ok", version=__version__)
 
 
 @router.get("", response_model=Liveness)
-async def liveness() -> Response:
+async def liveness() -> ModelResponse[Liveness]:
     """Liveness: the process is up and serving. No I/O."""
-    return Response(_LIVENESS_BODY, media_type="application/json")
+    return ModelResponse(_LIVE)
 
 
 @router.get(
@@ -29,9 +28,8 @@ async def liveness() -> Response:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "A required component is down."}},
 )
-async def readiness(probe: ReadinessDep) -> Response:
+async def readiness(probe: ReadinessDep) -> ModelResponse[Readiness]:
     """Readiness: database and Redis status per component; 503 when a required one is down."""
     report = await probe.check()
-    body = json.dumps(asdict(report)).encode()
     status_code = 503 if report.status == "unavailable" else 200
-    return Response(body, status_code, headers=_NO_STORE, media_type="application/json")
+    return ModelResponse(Readiness.model_validate(asdict(report)), status_code, _NO_STORE)
