@@ -117,7 +117,7 @@ $names = ScopedStore(
 
 async def create_$one(
     session: AsyncSession, owner: User, tenant_id: str | None, data: ${Model}Create
-) -> $Model:
+) -> ${Model}Read:
     return await $names.create(session, owner.id, tenant_id, **data.model_dump())
 
 
@@ -129,7 +129,7 @@ async def read_$one(
 
 async def list_$names(
     session: AsyncSession, scope: OwnerScope, params: ${Model}ListParams, codec: CursorCodec
-) -> PageResult[$Model]:
+) -> PageResult[${Model}Read]:
     return await $names.page(session, scope, params, codec=codec)
 
 
@@ -140,7 +140,7 @@ async def update_$one(
     ${one}_id: uuid.UUID,
     changes: dict[str, Any],
     expected_versions: Collection[int] | None = None,
-) -> $Model:
+) -> ${Model}Read:
     return await $names.update(session, cache, scope, ${one}_id, changes, expected_versions)
 
 
@@ -209,7 +209,7 @@ async def create_$one(
         return replay
     created = await service.create_$one(session, user, principal.tenant_id, body)
     location = request.app.url_path_for("read_$one", ${one}_id=str(created.id))
-    response = tagged(${Model}Read.model_validate(created), 201, Location=location)
+    response = tagged(created, 201, Location=location)
     await idempotency.remember(response)
     return response
 
@@ -220,11 +220,11 @@ async def list_$names(
     scope: ScopeDep,
     session: ReadSessionDep,
     codec: CursorCodecDep,
-) -> Page[${Model}Read]:
+) -> ModelResponse[Page[${Model}Read]]:
     """List $labels, newest first by default, with cursor paging."""
     page = await service.list_$names(session, scope, params, codec)
-    rows = [${Model}Read.model_validate(row) for row in page.items]
-    return Page(items=rows, next_cursor=page.next_cursor, total=page.total)
+    rows = Page[${Model}Read](items=page.items, next_cursor=page.next_cursor, total=page.total)
+    return ModelResponse(rows)
 
 
 @router.get(
@@ -256,7 +256,7 @@ async def update_$one(
     """Change the fields sent; with `If-Match`, only if the $label is still at that version."""
     changes = body.changes()
     updated = await service.update_$one(session, cache, scope, ${one}_id, changes, if_match)
-    return tagged(${Model}Read.model_validate(updated))
+    return tagged(updated)
 
 
 @router.delete(

@@ -19,7 +19,7 @@ from app.core.security import CurrentPrincipal, OptionalPrincipal, Principal, re
 from app.jobs.enqueue import JobsDep, JobStatusDep
 from app.models.base import utcnow
 from app.models.user import User
-from app.services.users import find_user, get_or_create_user, is_up_to_date, remember_status
+from app.services.users import get_or_create_user, is_up_to_date, lookup_user, remember_status
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -61,8 +61,8 @@ async def _load_user(request: Request, principal: Principal) -> User:
     """The caller's row as it stands: one SELECT in a read session (its connection goes
     back to the pool at once), plus a short write transaction only when the row is
     missing, predates issuers, or needs its claims or `last_seen_at` refreshed."""
-    async with session_context(request.state.read_session_factory) as session:
-        user = await find_user(session, principal)
+    async with request.state.read_engine.connect() as connection:
+        user = await lookup_user(connection, principal)
     if user is None or not is_up_to_date(user, principal, utcnow()):
         async with session_context(request.state.session_factory) as session:
             user = await get_or_create_user(session, principal)
@@ -107,8 +107,8 @@ async def require_active_account(
         return
     if active is False:
         raise PermissionDeniedError("This account has been deactivated.")
-    async with session_context(request.state.read_session_factory) as session:
-        user = await find_user(session, principal)
+    async with request.state.read_engine.connect() as connection:
+        user = await lookup_user(connection, principal)
     if user is not None and user.issuer is None:  # adopt it before anything reads by issuer
         async with session_context(request.state.session_factory) as session:
             user = await get_or_create_user(session, principal)

@@ -94,6 +94,15 @@ def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
+def read_engine(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` for reads: on PostgreSQL each statement runs on its own (AUTOCOMMIT, no
+    BEGIN/COMMIT round trips); SQLite's driver already runs plain SELECTs outside a
+    transaction. The same pool either way."""
+    if engine.dialect.name == "sqlite":
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def create_read_session_factory(engine: AsyncEngine) -> SessionFactory:
     """Sessions for work that only reads: a read costs one round trip and holds a pooled
     connection no longer than that. On PostgreSQL each statement runs on its own (no
@@ -101,10 +110,7 @@ def create_read_session_factory(engine: AsyncEngine) -> SessionFactory:
     transaction, and switching its isolation level would cost more than it saves.
     A single-statement write (an upsert) still works, inside `session_context`;
     anything that writes more than once belongs in `SessionDep`."""
-    if engine.dialect.name == "sqlite":
-        return create_session_factory(engine)
-    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-    return async_sessionmaker(autocommit, class_=AsyncSession, expire_on_commit=False)
+    return create_session_factory(read_engine(engine))
 
 
 def on_commit(session: AsyncSession, callback: AfterCommit) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -21,16 +21,6 @@ from app.core.cache import Cache
 from app.core.db import on_commit
 from app.core.exceptions import NotFoundError
 from app.resources.scope import OwnerScope
-
-
-class Versioned(Protocol):
-    @property
-    def id(self) -> uuid.UUID: ...
-    @property
-    def version(self) -> int: ...
-    @property
-    def deleted_at(self) -> Any: ...
-
 
 Schema = TypeVar("Schema", bound=BaseModel)
 
@@ -78,14 +68,21 @@ class VersionedCache(Generic[Schema]):
         return row
 
     def store_after_commit(
-        self, session: AsyncSession, cache: Cache, scope: OwnerScope, row: Versioned
+        self,
+        session: AsyncSession,
+        cache: Cache,
+        scope: OwnerScope,
+        row_id: uuid.UUID,
+        version: int,
+        written: Schema,
+        deleted: bool,
     ) -> None:
         """Once `session` commits, cache what it wrote (a tombstone for a deletion)."""
-        key = self.key(scope, row.id)
-        if row.deleted_at is None:
-            entry: dict[str, Any] = self.schema.model_validate(row).model_dump(mode="json")
+        key = self.key(scope, row_id)
+        if deleted:
+            entry: dict[str, Any] = {"version": version, "deleted": True}
         else:
-            entry = {"version": row.version, "deleted": True}
+            entry = written.model_dump(mode="json")
 
         async def store() -> None:
             await cache.set_json_if_newer(key, entry, ttl=self.ttl)

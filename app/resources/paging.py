@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import ColumnElement, func, literal, tuple_
-from sqlalchemy.orm import InstrumentedAttribute
-from sqlmodel import SQLModel, col, select
+from sqlalchemy import Column, ColumnElement, Row, Select, Table, bindparam, func, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel import SQLModel, col
+from sqlmodel import select as select_rows
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.pagination import CursorCodec, invalid_cursor
 
-Row = TypeVar("Row", bound=SQLModel)
+Item = TypeVar("Item")
+Model = TypeVar("Model", bound=SQLModel)
 
 
 class PageQuery(Protocol):
@@ -40,29 +42,62 @@ class PageQuery(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class PageResult(Generic[Row]):
-    items: list[Row]
+class PageResult(Generic[Item]):
+    items: list[Item]
     next_cursor: str | None
     total: int | None
 
 
+def _column(attribute: Any) -> Column[Any]:
+    attribute_: Any = col(attribute)
+    column: Column[Any] = attribute_.property.columns[0]
+    return column
+
+
 class Sorts:
     """The columns a list may be sorted by: `Sorts(created_at=Order.created_at)` allows
-    `sort=created_at` and `sort=-created_at` (descending)."""
+    `sort=created_at` and `sort=-created_at` (descending). It also keeps the page
+    statements it has built, so each shape of page is built once."""
 
     def __init__(self, **columns: Any) -> None:
-        self._columns: dict[str, InstrumentedAttribute[Any]] = {
-            name: col(column)  # type: ignore[misc]
-            for name, column in columns.items()
-        }
+        self._columns = {name: _column(column) for name, column in columns.items()}
+        self._pages: dict[tuple[Any, ...], Select[Any]] = {}
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(n for name in self._columns for n in (name, f"-{name}"))
 
-    def column(self, sort: str) -> tuple[InstrumentedAttribute[Any], bool]:
+    def column(self, sort: str) -> tuple[Column[Any], bool]:
         """The column and whether descending; a KeyError for a sort not allowed."""
         return self._columns[sort.lstrip("-")], sort.startswith("-")
+
+    def page_statement(
+        self, table: Table, sort: str, *, after: bool, where: Sequence[ColumnElement[bool]]
+    ) -> Select[Any]:
+        """`table`'s rows in `sort` order then by id, `:page_limit` of them, after
+        (`:after_value`, `:after_id`) when `after`. `where` must be built once too (bound
+        parameters, no literal values): it is part of the cached statement."""
+        key = (table.name, sort, after, *where)
+        statement = self._pages.get(key)
+        if statement is None:
+            statement = self._build(table, sort, after=after, where=where)
+            self._pages[key] = statement
+        return statement
+
+    def _build(
+        self, table: Table, sort: str, *, after: bool, where: Sequence[ColumnElement[bool]]
+    ) -> Select[Any]:
+        column, descending = self.column(sort)
+        ids = table.c.id
+        statement = select(table).where(*where)
+        if after:
+            position = tuple_(column, ids)
+            bound = tuple_(
+                bindparam("after_value", type_=column.type), bindparam("after_id", type_=ids.type)
+            )
+            statement = statement.where(position < bound if descending else position > bound)
+        order = (column.desc(), ids.desc()) if descending else (column.asc(), ids.asc())
+        return statement.order_by(*order).limit(bindparam("page_limit"))
 
 
 def _encode(value: Any) -> Any:
@@ -75,7 +110,7 @@ def _encode(value: Any) -> Any:
     return value
 
 
-def _decode(column: InstrumentedAttribute[Any], value: Any) -> Any:
+def _decode(column: Column[Any], value: Any) -> Any:
     # A TypeDecorator (UTCDateTime, AutoString) knows its Python type through its impl.
     kind = getattr(column.type, "impl", column.type).python_type
     if issubclass(kind, datetime):
@@ -91,7 +126,7 @@ def _decode(column: InstrumentedAttribute[Any], value: Any) -> Any:
     return value
 
 
-def _parse_cursor(column: InstrumentedAttribute[Any], values: list[Any]) -> tuple[Any, uuid.UUID]:
+def _parse_cursor(column: Column[Any], values: list[Any]) -> tuple[Any, uuid.UUID]:
     try:
         value, last_id = values
         return _decode(column, value), uuid.UUID(last_id)
@@ -99,69 +134,63 @@ def _parse_cursor(column: InstrumentedAttribute[Any], values: list[Any]) -> tupl
         raise invalid_cursor("cursor is malformed") from None
 
 
-def after(
-    model: type[SQLModel], column: Any, descending: bool, value: Any, last_id: uuid.UUID
-) -> ColumnElement[bool]:
-    """Rows strictly after (value, last_id) in (column, id) order. A row-value
-    comparison, so both databases seek straight to it in the (scope, column, id) index
-    instead of reading every earlier row of the scope."""
-    ids: Any = col(model.id)  # type: ignore[attr-defined]
-    position = tuple_(column, ids)
-    # Typed binds: on SQLite a datetime must be written the way the column stores it.
-    bound = tuple_(literal(value, column.type), literal(last_id, ids.type))
-    return position < bound if descending else position > bound
-
-
 async def keyset_page(
-    session: AsyncSession,
-    model: type[Row],
-    where: Sequence[ColumnElement[bool]],
+    connection: AsyncConnection,
+    table: Table,
     query: PageQuery,
     *,
     sorts: Sorts,
     codec: CursorCodec,
-) -> PageResult[Row]:
-    """One page of `model` rows matching `where`, in `query.sort` order then by id."""
-    column, descending = sorts.column(query.sort)
-    statement = select(model).where(*where)
+    where: Sequence[ColumnElement[bool]] = (),
+    filters: Sequence[ColumnElement[bool]] = (),
+    params: Mapping[str, Any] | None = None,
+) -> PageResult[Row[Any]]:
+    """One page of `table`'s rows in `query.sort` order then by id, with a signed cursor
+    for the next one and the count on request. `where` is fixed per resource (bound
+    parameters, filled from `params`); `filters` may carry values and vary per call."""
+    column, _ = sorts.column(query.sort)
+    values: dict[str, Any] = {**(params or {}), "page_limit": query.limit + 1}
     if query.cursor is not None:
-        value, last_id = _parse_cursor(column, codec.decode(query.sort, query.cursor))
-        statement = statement.where(after(model, column, descending, value, last_id))
-    ids: Any = col(model.id)  # type: ignore[attr-defined]
-    order = (column.desc(), ids.desc()) if descending else (column.asc(), ids.asc())
-    limit = query.limit
-    rows = list((await session.exec(statement.order_by(*order).limit(limit + 1))).all())
+        after_value, after_id = _parse_cursor(column, codec.decode(query.sort, query.cursor))
+        values |= {"after_value": after_value, "after_id": after_id}
+    statement = sorts.page_statement(table, query.sort, after=query.cursor is not None, where=where)
+    if filters:
+        statement = statement.where(*filters)
+    rows = list((await connection.execute(statement, values)).all())
     next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
+    if len(rows) > query.limit:
+        rows = rows[: query.limit]
         last = rows[-1]
-        key = [_encode(getattr(last, column.key)), str(last.id)]  # type: ignore[attr-defined]
-        next_cursor = codec.encode(query.sort, key)
+        next_cursor = codec.encode(query.sort, [_encode(last._mapping[column]), str(last.id)])
     total = None
     if query.include_total:
-        count = select(func.count()).select_from(model).where(*where)
-        total = (await session.exec(count)).one()
+        count = select(func.count()).select_from(table).where(*where, *filters)
+        total = (await connection.execute(count, params or {})).scalar_one()
     return PageResult(rows, next_cursor, total)
 
 
 async def iter_batches(
     session: AsyncSession,
-    model: type[Row],
+    model: type[Model],
     where: Sequence[ColumnElement[bool]],
     *,
     order_by: Any,
     size: int,
-) -> AsyncIterator[list[Row]]:
+) -> AsyncIterator[list[Model]]:
     """Every `model` row matching `where`, in (order_by, id) order, `size` at a time
     (exports, back-fills): each batch seeks past the last, none holds the table open."""
     column: Any = col(order_by)
     ids: Any = col(model.id)  # type: ignore[attr-defined]
     last: Any = None
     while True:
-        statement = select(model).where(*where)
+        statement = select_rows(model).where(*where)
         if last is not None:
-            position = getattr(last, column.key)
-            statement = statement.where(after(model, column, False, position, last.id))
+            position = tuple_(column, ids)
+            bound = tuple_(
+                bindparam(None, getattr(last, column.key), type_=column.type),
+                bindparam(None, last.id, type_=ids.type),
+            )
+            statement = statement.where(position > bound)
         batch = list((await session.exec(statement.order_by(column, ids).limit(size))).all())
         if not batch:
             return

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, and_
-from sqlmodel import col, select
+from sqlalchemy import ColumnElement, Table, and_, bindparam, select
 
 from app.core.security import CurrentPrincipal, Principal
 from app.models.base import OwnedMixin
@@ -32,14 +31,26 @@ class OwnerScope:
     def of(cls, principal: Principal) -> OwnerScope:
         return cls(principal.tenant_id, principal.issuer, principal.subject)
 
-    def where(self, model: type[OwnedMixin]) -> ColumnElement[bool]:
-        """The WHERE clause keeping `model`'s rows to this scope."""
+    @property
+    def by_tenant(self) -> bool:
+        return self.tenant_id is not None
+
+    @staticmethod
+    def clause(table: Table, *, by_tenant: bool) -> ColumnElement[bool]:
+        """The scope filter on `table` with bound parameters that `params()` fills: a
+        statement using it is built once and runs for every caller."""
+        names = ("scope_tenant", "scope_issuer", "scope_subject")
+        return _filter(table, by_tenant, *(bindparam(name) for name in names))
+
+    def params(self) -> dict[str, str]:
         if self.tenant_id is not None:
-            return col(model.tenant_id) == self.tenant_id
-        owner = select(col(User.id)).where(
-            col(User.subject) == self.subject, col(User.issuer) == self.issuer
-        )
-        return and_(col(model.tenant_id).is_(None), col(model.owner_id) == owner.scalar_subquery())
+            return {"scope_tenant": self.tenant_id}
+        return {"scope_issuer": self.issuer, "scope_subject": self.subject}
+
+    def where(self, model: type[OwnedMixin]) -> ColumnElement[bool]:
+        """The WHERE clause keeping `model`'s rows to this scope, values included."""
+        table: Table = model.__table__  # type: ignore[attr-defined]
+        return _filter(table, self.by_tenant, self.tenant_id, self.issuer, self.subject)
 
     def key(self, prefix: str, row_id: uuid.UUID) -> str:
         """A cache key for one row as this scope sees it."""
@@ -47,6 +58,16 @@ class OwnerScope:
             return f"{prefix}:t:{self.tenant_id}:{row_id}"
         # The issuer's length first: an issuer may contain ":", the key stays unambiguous.
         return f"{prefix}:u:{len(self.issuer)}:{self.issuer}:{self.subject}:{row_id}"
+
+
+def _filter(
+    table: Table, by_tenant: bool, tenant: object, issuer: object, subject: object
+) -> ColumnElement[bool]:
+    if by_tenant:
+        return table.c.tenant_id == tenant
+    users = User.__table__  # type: ignore[attr-defined]
+    owner = select(users.c.id).where(users.c.subject == subject, users.c.issuer == issuer)
+    return and_(table.c.tenant_id.is_(None), table.c.owner_id == owner.scalar_subquery())
 
 
 async def get_owner_scope(principal: CurrentPrincipal) -> OwnerScope:

@@ -4,10 +4,13 @@ built in. A resource's service module declares one store and adds its own rules:
 
     orders = ScopedStore(Order, OrderRead, sorts=Sorts(created_at=Order.created_at))
 
-Every statement the store builds is limited to the caller's `OwnerScope` and to live
-rows (deleted rows are reachable only through `restore`). Writes flush, never commit:
-the request's one transaction (`SessionDep`) commits them, and the cache is written
-after that commit only.
+Every statement the store runs is limited to the caller's `OwnerScope` and to live
+rows (deleted rows are reachable only through `restore`). Statements are SQLAlchemy
+Core, built once per shape with bound parameters, and run on the session's
+connection: the same transaction as everything else in the request, without the
+ORM's unit of work for rows that go straight into a response. Rows come back as the
+read schema. Writes never commit: the request's one transaction (`SessionDep`)
+commits them, and the cache is written after that commit only.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, func
-from sqlmodel import col, select
+from pydantic.fields import FieldInfo
+from sqlalchemy import ColumnElement, Row, Table, bindparam, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.cache import Cache
@@ -30,16 +34,16 @@ from app.resources.paging import PageQuery, PageResult, Sorts, iter_batches, key
 from app.resources.scope import OwnerScope
 from app.resources.versioning import check_version, conditional_update
 
-Row = TypeVar("Row", bound=ScopedTable)
+Model = TypeVar("Model", bound=ScopedTable)
 Schema = TypeVar("Schema", bound=BaseModel)
 
 DEFAULT_CACHE_TTL = 60.0
 
 
-class ScopedStore(Generic[Row, Schema]):
+class ScopedStore(Generic[Model, Schema]):
     def __init__(
         self,
-        model: type[Row],
+        model: type[Model],
         schema: type[Schema],
         *,
         sorts: Sorts,
@@ -49,36 +53,57 @@ class ScopedStore(Generic[Row, Schema]):
         """`schema` is what reads return (and the cache holds); `noun` names the
         resource in error messages ("Order not found."), the model's name by default."""
         self.model = model
+        self.schema = schema
         self.sorts = sorts
         self.noun = noun or model.__name__
-        table: str = model.__tablename__  # type: ignore[assignment]
-        self.cache = VersionedCache(table, schema, ttl=cache_ttl, not_found=self.not_found)
+        self.table: Table = model.__table__  # type: ignore[attr-defined]
+        self.cache = VersionedCache(
+            self.table.name, schema, ttl=cache_ttl, not_found=self.not_found
+        )
+        self._defaults = _python_defaults(model, self.table)
+        self._insert = insert(self.table).returning(self.table)
+        # Per scope kind (tenant or owner): the live rows, one live row, one deleted row.
+        self._live = {kind: self._where(kind, deleted=False) for kind in (True, False)}
+        self._one = {kind: (*self._live[kind], self._by_id) for kind in (True, False)}
+        self._one_deleted = {
+            kind: (*self._where(kind, deleted=True), self._by_id) for kind in (True, False)
+        }
+        self._get = {kind: select(self.table).where(*self._one[kind]) for kind in (True, False)}
 
     @property
     def not_found(self) -> str:
         return f"{self.noun} not found."
 
-    def live(self, scope: OwnerScope, *where: ColumnElement[bool]) -> list[ColumnElement[bool]]:
-        """The WHERE clauses for the scope's live rows, plus `where`."""
-        return [self.model.not_deleted(), scope.where(self.model), *where]
+    @property
+    def _by_id(self) -> ColumnElement[bool]:
+        return self.table.c.id == bindparam("row_id")
 
-    def _one(self, scope: OwnerScope, row_id: uuid.UUID) -> list[ColumnElement[bool]]:
-        return self.live(scope, col(self.model.id) == row_id)
+    def _where(self, by_tenant: bool, *, deleted: bool) -> tuple[ColumnElement[bool], ...]:
+        state = self.table.c.deleted_at
+        alive = state.is_not(None) if deleted else state.is_(None)
+        return alive, OwnerScope.clause(self.table, by_tenant=by_tenant)
+
+    def _read(self, row: Row[Any]) -> Schema:
+        return self.schema.model_validate(row, from_attributes=True)
 
     async def create(
         self, session: AsyncSession, owner_id: uuid.UUID, tenant_id: str | None, **values: Any
-    ) -> Row:
-        row = self.model(tenant_id=tenant_id, owner_id=owner_id, **values)
-        session.add(row)
-        await session.flush()
-        return row
+    ) -> Schema:
+        row = {"tenant_id": tenant_id, "owner_id": owner_id, **values}
+        for name, field in self._defaults:
+            if name not in row:
+                row[name] = field.get_default(call_default_factory=True)
+        connection = await session.connection()
+        return self._read((await connection.execute(self._insert, row)).one())
 
-    async def get(self, session: AsyncSession, scope: OwnerScope, row_id: uuid.UUID) -> Row:
+    async def get(self, session: AsyncSession, scope: OwnerScope, row_id: uuid.UUID) -> Schema:
         """The live row, from the database; `NotFoundError` outside the scope."""
-        row = (await session.exec(select(self.model).where(*self._one(scope, row_id)))).first()
+        connection = await session.connection()
+        params = {**scope.params(), "row_id": row_id}
+        row = (await connection.execute(self._get[scope.by_tenant], params)).first()
         if row is None:
             raise NotFoundError(self.not_found)
-        return row
+        return self._read(row)
 
     async def read(
         self, session: AsyncSession, cache: Cache, scope: OwnerScope, row_id: uuid.UUID
@@ -94,10 +119,20 @@ class ScopedStore(Generic[Row, Schema]):
         *,
         codec: CursorCodec,
         where: Sequence[ColumnElement[bool]] = (),
-    ) -> PageResult[Row]:
+    ) -> PageResult[Schema]:
         """One page of the scope's live rows matching `where` (see `keyset_page`)."""
-        where = self.live(scope, *where)
-        return await keyset_page(session, self.model, where, query, sorts=self.sorts, codec=codec)
+        connection = await session.connection()
+        page = await keyset_page(
+            connection,
+            self.table,
+            query,
+            sorts=self.sorts,
+            codec=codec,
+            where=self._live[scope.by_tenant],
+            filters=where,
+            params=scope.params(),
+        )
+        return PageResult([self._read(row) for row in page.items], page.next_cursor, page.total)
 
     def batches(
         self,
@@ -106,11 +141,12 @@ class ScopedStore(Generic[Row, Schema]):
         *,
         where: Sequence[ColumnElement[bool]] = (),
         size: int = 500,
-    ) -> AsyncIterator[list[Row]]:
-        """Every live row of the scope matching `where`, oldest first, `size` at a time."""
-        where = self.live(scope, *where)
+    ) -> AsyncIterator[list[Model]]:
+        """Every live row of the scope matching `where`, oldest first, `size` at a time,
+        as model objects (for exports and other work outside a request)."""
+        clauses = [self.model.not_deleted(), scope.where(self.model), *where]
         order = self.model.created_at
-        return iter_batches(session, self.model, where, order_by=order, size=size)
+        return iter_batches(session, self.model, clauses, order_by=order, size=size)
 
     async def update(
         self,
@@ -120,14 +156,15 @@ class ScopedStore(Generic[Row, Schema]):
         row_id: uuid.UUID,
         changes: dict[str, Any],
         expected: Collection[int] | None = None,
-    ) -> Row:
+    ) -> Schema:
         """Apply `changes` in one conditional UPDATE (412 when the row is at none of the
         `expected` versions); bumps `version`. No changes: the row as it is."""
         if not changes:
             row = await self.get(session, scope, row_id)
-            check_version(row, expected, self.noun)
+            check_version(vars(row)["version"], expected, self.noun)
             return row
-        return await self._write(session, cache, scope, self._one(scope, row_id), changes, expected)
+        where = self._one[scope.by_tenant]
+        return await self._write(session, cache, scope, row_id, where, changes, expected)
 
     async def delete(
         self,
@@ -136,18 +173,19 @@ class ScopedStore(Generic[Row, Schema]):
         scope: OwnerScope,
         row_id: uuid.UUID,
         expected: Collection[int] | None = None,
-    ) -> Row:
+    ) -> Schema:
         """Soft delete: the row stays (restorable) until the retention purge removes it."""
+        where = self._one[scope.by_tenant]
         values = {"deleted_at": func.now()}
-        return await self._write(session, cache, scope, self._one(scope, row_id), values, expected)
+        return await self._write(session, cache, scope, row_id, where, values, expected)
 
     async def restore(
         self, session: AsyncSession, cache: Cache, scope: OwnerScope, row_id: uuid.UUID
-    ) -> Row:
+    ) -> Schema:
         """Undo a soft delete; restoring a live row returns it unchanged."""
-        deleted = [self.model.only_deleted(), scope.where(self.model), col(self.model.id) == row_id]
+        where = self._one_deleted[scope.by_tenant]
         try:
-            return await self._write(session, cache, scope, deleted, {"deleted_at": None}, None)
+            return await self._write(session, cache, scope, row_id, where, {"deleted_at": None})
         except NotFoundError:
             return await self.get(session, scope, row_id)
 
@@ -156,12 +194,30 @@ class ScopedStore(Generic[Row, Schema]):
         session: AsyncSession,
         cache: Cache,
         scope: OwnerScope,
-        where: list[ColumnElement[bool]],
+        row_id: uuid.UUID,
+        where: Sequence[ColumnElement[bool]],
         values: dict[str, Any],
-        expected: Collection[int] | None,
-    ) -> Row:
+        expected: Collection[int] | None = None,
+    ) -> Schema:
+        connection: AsyncConnection = await session.connection()
+        params = {**scope.params(), "row_id": row_id}
         row = await conditional_update(
-            session, self.model, where, values, expected=expected, noun=self.noun
+            connection, self.table, where, values, params=params, expected=expected, noun=self.noun
         )
-        self.cache.store_after_commit(session, cache, scope, row)
-        return row
+        written = self._read(row)
+        deleted = row.deleted_at is not None
+        self.cache.store_after_commit(session, cache, scope, row_id, row.version, written, deleted)
+        return written
+
+
+def _python_defaults(model: type[ScopedTable], table: Table) -> list[tuple[str, FieldInfo]]:
+    """The fields whose default the model computes in Python (ids, versions, lists):
+    an INSERT that does not name them gets them here; the database fills the rest."""
+    defaults = []
+    for name, field in model.model_fields.items():
+        column = table.c.get(name)
+        if column is None or column.server_default is not None:
+            continue
+        if not field.is_required() and (field.default_factory or field.default is not None):
+            defaults.append((name, field))
+    return defaults

@@ -8,17 +8,13 @@ out of reach (404) or was changed by someone else (412); one extra SELECT tells 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from typing import Any, TypeVar
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import ColumnElement, update
-from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy import ColumnElement, Row, Table, bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.exceptions import NotFoundError, PreconditionFailedError
-from app.models.base import VersionedMixin
-
-Row = TypeVar("Row", bound=VersionedMixin)
 
 # `version` is a 32-bit INTEGER on PostgreSQL: a larger number can never match (and
 # would be an out-of-range parameter rather than a mismatch).
@@ -31,40 +27,37 @@ def stale(noun: str) -> PreconditionFailedError:
     )
 
 
-def check_version(row: VersionedMixin, expected: Collection[int] | None, noun: str) -> None:
-    """412 unless `row` is at one of the `expected` versions (None: any version)."""
-    if expected is not None and row.version not in expected:
+def check_version(version: int, expected: Collection[int] | None, noun: str) -> None:
+    """412 unless `version` is one of the `expected` versions (None: any version)."""
+    if expected is not None and version not in expected:
         raise stale(noun)
 
 
 async def conditional_update(
-    session: AsyncSession,
-    model: type[Row],
+    connection: AsyncConnection,
+    table: Table,
     where: Sequence[ColumnElement[bool]],
-    values: dict[str, Any],
+    values: Mapping[str, Any],
     *,
+    params: Mapping[str, Any],
     expected: Collection[int] | None,
     noun: str,
-) -> Row:
-    """UPDATE the one row matching `where` and bump its version; the row as written.
-    `NotFoundError` when no row matches, `PreconditionFailedError` when one does but at
-    none of the `expected` versions."""
-    version: Any = col(model.version)
-    versioned = list(where)
+) -> Row[Any]:
+    """UPDATE the one row matching `where` (its bound parameters filled from `params`),
+    bump its version and return the row as written. `NotFoundError` when no row
+    matches, `PreconditionFailedError` when one does but at none of the `expected`
+    versions."""
+    version = table.c.version
+    clauses = list(where)
+    bound = dict(params)
     if expected is not None:
-        versioned.append(version.in_([v for v in expected if 0 < v <= MAX_VERSION]))
-    statement = (
-        update(model)
-        .where(*versioned)
-        .values(**values, version=version + 1)
-        .returning(model)
-        # The session may already hold this row: return the values just written.
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    row: Row | None = (await session.exec(statement)).scalars().first()
+        clauses.append(version.in_(bindparam("expected_versions", expanding=True)))
+        bound["expected_versions"] = [v for v in expected if 0 < v <= MAX_VERSION]
+    statement = update(table).where(*clauses).values(**values, version=version + 1).returning(table)
+    row: Row[Any] | None = (await connection.execute(statement, bound)).first()
     if row is not None:
         return row
     exists = select(version).where(*where)
-    if expected is not None and (await session.exec(exists)).first() is not None:
+    if expected is not None and (await connection.execute(exists, dict(params))).first():
         raise stale(noun)
     raise NotFoundError(f"{noun} not found.")

@@ -53,11 +53,11 @@ class ItemFilters:
 
 async def create_item(
     session: AsyncSession, owner: User, tenant_id: str | None, data: ItemCreate
-) -> Item:
+) -> ItemRead:
     return await items.create(session, owner.id, tenant_id, **data.model_dump())
 
 
-async def get_item(session: AsyncSession, scope: OwnerScope, item_id: uuid.UUID) -> Item:
+async def get_item(session: AsyncSession, scope: OwnerScope, item_id: uuid.UUID) -> ItemRead:
     return await items.get(session, scope, item_id)
 
 
@@ -70,7 +70,7 @@ async def read_item(
 
 async def list_items(
     session: AsyncSession, scope: OwnerScope, params: ItemListParams, codec: CursorCodec
-) -> PageResult[Item]:
+) -> PageResult[ItemRead]:
     """A page in (sort key, id) order; the cursor keeps each row on exactly one page."""
     filters = ItemFilters(params.status, params.q, params.created_after, params.created_before)
     return await items.page(session, scope, params, codec=codec, where=filters.where())
@@ -83,7 +83,7 @@ async def update_item(
     item_id: uuid.UUID,
     changes: dict[str, Any],
     expected_versions: Collection[int] | None = None,
-) -> Item:
+) -> ItemRead:
     """Apply `changes` (only the fields the client sent); bumps `version`."""
     return await items.update(session, cache, scope, item_id, changes, expected_versions)
 
@@ -101,7 +101,7 @@ async def delete_item(
 
 async def restore_item(
     session: AsyncSession, cache: Cache, scope: OwnerScope, item_id: uuid.UUID
-) -> Item:
+) -> ItemRead:
     """Undo a soft delete; restoring a live item returns it unchanged."""
     return await items.restore(session, cache, scope, item_id)
 

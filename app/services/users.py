@@ -6,8 +6,10 @@ import functools
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, update
+from sqlalchemy import Select, Table, and_, bindparam, or_, update
+from sqlalchemy import select as select_rows
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
@@ -46,6 +48,30 @@ async def find_user(session: AsyncSession, principal: Principal) -> User | None:
     }
     rows = (await session.exec(_by_identity(), params=params)).all()
     return min(rows, key=lambda row: row.issuer is None, default=None)
+
+
+@functools.cache
+def _identity_rows() -> Select[Any]:
+    # `_by_identity` in SQLAlchemy Core, for the read path: no session, no identity map.
+    users: Table = User.__table__  # type: ignore[attr-defined]
+    legacy = and_(users.c.issuer.is_(None), users.c.provider == bindparam("provider"))
+    return select_rows(users).where(
+        users.c.subject == bindparam("subject"),
+        or_(users.c.issuer == bindparam("issuer"), legacy),
+    )
+
+
+async def lookup_user(connection: AsyncConnection, principal: Principal) -> User | None:
+    """`find_user` on a bare connection: the authenticated read path's one round trip.
+    The row comes back as a detached `User` (reading it is all the caller does)."""
+    params = {
+        "issuer": principal.issuer,
+        "subject": principal.subject,
+        "provider": principal.provider,
+    }
+    rows = (await connection.execute(_identity_rows(), params)).all()
+    row = min(rows, key=lambda row: row.issuer is None, default=None)
+    return None if row is None else User(**row._mapping)
 
 
 def _initial_display_name(principal: Principal) -> str | None:
@@ -155,9 +181,16 @@ def remember_status(accounts: AccountStatusCache, user: User) -> None:
 
 
 async def update_profile(session: AsyncSession, user: User, changes: UserUpdate) -> User:
-    """Apply the fields a user may change about themselves."""
-    for name, value in changes.model_dump(exclude_unset=True).items():
-        setattr(user, name, value)
-    session.add(user)
-    await session.flush()
-    return user
+    """Apply the fields a user may change about themselves (one UPDATE of that row)."""
+    values = changes.model_dump(exclude_unset=True)
+    if not values:
+        return user
+    statement = (
+        update(User)
+        .where(col(User.id) == user.id)
+        .values(**values)
+        .returning(User)
+        .execution_options(synchronize_session=False)
+    )
+    updated: User = (await session.exec(statement)).scalars().one()
+    return updated

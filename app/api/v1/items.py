@@ -65,9 +65,7 @@ async def create_item(
     replay = await idempotency.replay(body)
     if replay is not None:
         return replay
-    item = ItemRead.model_validate(
-        await service.create_item(session, user, principal.tenant_id, body)
-    )
+    item = await service.create_item(session, user, principal.tenant_id, body)
     location = request.app.url_path_for("read_item", item_id=str(item.id))
     response = tagged(item, 201, Location=location)
     await idempotency.remember(response)
@@ -80,11 +78,11 @@ async def list_items(
     scope: ScopeDep,
     session: ReadSessionDep,
     codec: CursorCodecDep,
-) -> Page[ItemRead]:
+) -> ModelResponse[Page[ItemRead]]:
     """List items, newest first by default, with cursor paging and filters."""
     page = await service.list_items(session, scope, params, codec)
-    items = [ItemRead.model_validate(item) for item in page.items]
-    return Page(items=items, next_cursor=page.next_cursor, total=page.total)
+    items = Page[ItemRead](items=page.items, next_cursor=page.next_cursor, total=page.total)
+    return ModelResponse(items)
 
 
 @router.post(
@@ -165,7 +163,7 @@ async def update_item(
 ) -> ModelResponse[ItemRead]:
     """Change the fields sent; with `If-Match`, only if the item is still at that version."""
     item = await service.update_item(session, cache, scope, item_id, body.changes(), if_match)
-    return tagged(ItemRead.model_validate(item))
+    return tagged(item)
 
 
 @router.delete("/{item_id}", status_code=204, responses=errors(404), dependencies=[limit_writes])
@@ -187,5 +185,4 @@ async def restore_item(
     item_id: uuid.UUID, scope: ScopeDep, session: SessionDep, cache: CacheDep
 ) -> ModelResponse[ItemRead]:
     """Undo a soft delete."""
-    item = await service.restore_item(session, cache, scope, item_id)
-    return tagged(ItemRead.model_validate(item))
+    return tagged(await service.restore_item(session, cache, scope, item_id))

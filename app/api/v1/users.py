@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ActiveAccount, CurrentPrincipal, CurrentUser, SessionDep
+from app.api.responses import ModelResponse
 from app.core.security import Principal
 from app.models.user import User
 from app.schemas.user import UserRead, UserUpdate
@@ -18,9 +19,11 @@ def _profile(user: User, principal: Principal) -> UserRead:
 
 
 @router.get("/me", response_model=UserRead)
-async def read_my_profile(user: CurrentUser, principal: CurrentPrincipal) -> UserRead:
+async def read_my_profile(
+    user: CurrentUser, principal: CurrentPrincipal
+) -> ModelResponse[UserRead]:
     """The caller's profile, created from the token's claims on first use."""
-    return _profile(user, principal)
+    return ModelResponse(_profile(user, principal))
 
 
 @router.patch("/me", response_model=UserRead)

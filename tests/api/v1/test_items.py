@@ -500,8 +500,11 @@ class WriteDuringRead:
         self.session = session
         self.write = write
 
-    async def exec(self, statement: Any) -> Any:
-        result = await self.session.exec(statement)
+    async def connection(self) -> WriteDuringRead:
+        return self
+
+    async def execute(self, statement: Any, params: Any = None) -> Any:
+        result = await (await self.session.connection()).execute(statement, params)
         await self.write()
         return result
 
