@@ -58,15 +58,21 @@ def job_owner(principal: Principal) -> str:
 
 
 async def _load_user(request: Request, principal: Principal) -> User:
-    """The caller's row as it stands: one SELECT in a read session (its connection goes
-    back to the pool at once), plus a short write transaction only when the row is
-    missing, predates issuers, or needs its claims or `last_seen_at` refreshed."""
+    """The caller's row as it stands: one SELECT on a read connection (back to the pool
+    at once), plus a short write transaction only when the row is missing, predates
+    issuers, or needs its claims or `last_seen_at` refreshed; concurrent requests of
+    one caller share that write (`AccountStatusCache.refresh_once`)."""
     async with request.state.read_engine.connect() as connection:
         user = await lookup_user(connection, principal)
-    if user is None or not is_up_to_date(user, principal, utcnow()):
+    if user is not None and is_up_to_date(user, principal, utcnow()):
+        return user
+
+    async def refresh() -> User:
         async with session_context(request.state.session_factory) as session:
-            user = await get_or_create_user(session, principal)
-    return user
+            return await get_or_create_user(session, principal)
+
+    accounts: AccountStatusCache = request.state.accounts
+    return await accounts.refresh_once(principal.issuer, principal.subject, refresh)
 
 
 def _refuse_if_deactivated(accounts: AccountStatusCache, user: User) -> User:

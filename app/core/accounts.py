@@ -8,14 +8,22 @@ takes effect everywhere within the TTL; code that deactivates in-process can cal
 `remember(..., active=False)` to make it immediate in that process. A TTL of 0 turns
 the cache off (one lookup a request). The cache holds at most `MAX_CACHED_ACCOUNTS`
 identities; the oldest entry goes first.
+
+`refresh_once` coalesces the writes that keep a caller's row current: when many
+requests of one caller find its row stale at the same moment (its `last_seen_at` has
+just aged), one of them writes it and the others share that result, instead of every
+request in flight queueing on the same row lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from time import monotonic
+from typing import Any, TypeVar
 
 MAX_CACHED_ACCOUNTS = 10_000
+T = TypeVar("T")
 
 
 class AccountStatusCache:
@@ -33,6 +41,7 @@ class AccountStatusCache:
         self._clock = clock or monotonic
         # Insertion order is expiry order (one TTL for all): the first entry is the oldest.
         self._entries: dict[tuple[str, str], tuple[bool, float]] = {}
+        self._refreshing: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
     def get(self, issuer: str, subject: str) -> bool | None:
         """True (active), False (deactivated), or None when this process does not know."""
@@ -50,6 +59,27 @@ class AccountStatusCache:
         if len(entries) >= self.max_entries:
             del entries[next(iter(entries))]
         entries[key] = (active, self._clock() + self.ttl)
+
+    async def refresh_once(
+        self, issuer: str, subject: str, refresh: Callable[[], Awaitable[T]]
+    ) -> T:
+        """`refresh()`'s result; while one refresh of this identity runs, later callers
+        wait for it and share its result (or its exception) instead of running their
+        own. A caller that is cancelled does not cancel the refresh the others wait for."""
+        key = (issuer, subject)
+        running = self._refreshing.get(key)
+        if running is None:
+            running = asyncio.ensure_future(refresh())
+            self._refreshing[key] = running
+            running.add_done_callback(lambda done: self._finished(key, done))
+        result: T = await asyncio.shield(running)
+        return result
+
+    def _finished(self, key: tuple[str, str], done: asyncio.Future[Any]) -> None:
+        if self._refreshing.get(key) is done:
+            del self._refreshing[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: no "never retrieved" warning when all waiters left
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import func, update
+from sqlalchemy import event, func, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -143,6 +143,45 @@ async def test_stale_last_seen_is_refreshed(
     assert seen is not None
     assert seen > long_ago + timedelta(minutes=50)
     assert response.status_code == 200
+
+
+async def test_concurrent_requests_on_a_stale_row_write_it_once(
+    client: AsyncClient, settings: Settings, db_engine: AsyncEngine
+) -> None:
+    if db_engine.dialect.name != "postgresql":
+        pytest.skip("holds a row lock, which only PostgreSQL has")
+    sub = new_sub()
+    headers = auth_headers(settings, sub)
+    await client.get(ME, headers=headers)
+    long_ago = utcnow() - timedelta(hours=1)
+    async with db_engine.begin() as conn:
+        await conn.execute(
+            update(User).where(col(User.subject) == sub).values(last_seen_at=long_ago)
+        )
+    updates: list[str] = []
+    first_update = asyncio.Event()
+
+    def count_updates(*args: Any) -> None:
+        if args[2].lstrip().upper().startswith("UPDATE USERS"):
+            updates.append(args[2])
+            first_update.set()
+
+    transport: Any = client._transport  # the lifespan's state: the app's own engine
+    app_engine: AsyncEngine = transport.app.state["engine"]
+    event.listen(app_engine.sync_engine, "before_cursor_execute", count_updates)
+    try:
+        # Every request finds the row stale while another transaction holds it.
+        async with db_engine.begin() as holder:
+            await holder.execute(select(User).where(col(User.subject) == sub).with_for_update())
+            calls = [asyncio.create_task(client.get(ME, headers=headers)) for _ in range(8)]
+            await asyncio.wait_for(first_update.wait(), timeout=10)
+            await asyncio.sleep(0.3)  # time for the other requests to try writing too
+        answers = await asyncio.gather(*calls)
+    finally:
+        event.remove(app_engine.sync_engine, "before_cursor_execute", count_updates)
+    assert [answer.status_code for answer in answers] == [200] * 8
+    assert len({answer.json()["last_seen_at"] for answer in answers}) == 1
+    assert len(updates) == 1
 
 
 async def test_concurrent_first_requests_create_one_row(
