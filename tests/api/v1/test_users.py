@@ -1,7 +1,7 @@
 import asyncio
 import re
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -127,9 +127,10 @@ async def test_changed_claims_refresh_the_row(client: AsyncClient, settings: Set
     assert kept["email"] == "b@x.io"
 
 
-async def test_stale_last_seen_is_refreshed(
+async def seen_an_hour_ago(
     client: AsyncClient, settings: Settings, db_engine: AsyncEngine
-) -> None:
+) -> tuple[str, dict[str, str], datetime]:
+    """A new caller whose row was last seen an hour ago: (subject, headers, that time)."""
     sub = new_sub()
     headers = auth_headers(settings, sub)
     await client.get(ME, headers=headers)
@@ -138,6 +139,13 @@ async def test_stale_last_seen_is_refreshed(
         await conn.execute(
             update(User).where(col(User.subject) == sub).values(last_seen_at=long_ago)
         )
+    return sub, headers, long_ago
+
+
+async def test_stale_last_seen_is_refreshed(
+    client: AsyncClient, settings: Settings, db_engine: AsyncEngine
+) -> None:
+    sub, headers, long_ago = await seen_an_hour_ago(client, settings, db_engine)
     response = await client.get(ME, headers=headers)
     seen = (await rows(db_engine, sub))[0].last_seen_at
     assert seen is not None
@@ -150,14 +158,7 @@ async def test_concurrent_requests_on_a_stale_row_write_it_once(
 ) -> None:
     if db_engine.dialect.name != "postgresql":
         pytest.skip("holds a row lock, which only PostgreSQL has")
-    sub = new_sub()
-    headers = auth_headers(settings, sub)
-    await client.get(ME, headers=headers)
-    long_ago = utcnow() - timedelta(hours=1)
-    async with db_engine.begin() as conn:
-        await conn.execute(
-            update(User).where(col(User.subject) == sub).values(last_seen_at=long_ago)
-        )
+    sub, headers, _ = await seen_an_hour_ago(client, settings, db_engine)
     updates: list[str] = []
     first_update = asyncio.Event()
 
