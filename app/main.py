@@ -70,6 +70,7 @@ class AppState(TypedDict):
 # nearly everything a request allocates is freed by reference counting, and a
 # collection every 700 allocations costs more than the few cycles it finds.
 GC_GEN0_THRESHOLD = 10_000
+_gc_settled = False
 
 
 def _settle_garbage_collector() -> None:
@@ -79,8 +80,10 @@ def _settle_garbage_collector() -> None:
     request in flight for tens of milliseconds. Then collect less often. Once per
     process: the collector is the process's, and a process serves one app (a test run
     that builds many would otherwise keep every one of them frozen)."""
-    if gc.get_freeze_count():
+    global _gc_settled
+    if _gc_settled:
         return
+    _gc_settled = True
     gc.collect()
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()

@@ -26,7 +26,9 @@ from scripts.resource_templates import TEMPLATES
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
-MAX_NAME_LENGTH = 40
+# PostgreSQL cuts identifiers at 63 characters: the longest name the scaffold derives,
+# ix_<table>_tenant_id_created_at_id, must fit with room for a longer sort column.
+MAX_NAME_LENGTH = 30
 # Identifiers the generated code uses itself: a resource named after one would shadow it.
 RESERVED = frozenset(
     {
@@ -35,6 +37,7 @@ RESERVED = frozenset(
         "response", "router", "scope", "service", "session", "settings", "user",
     }
 )  # fmt: skip
+_AMBIGUOUS_ENDINGS = ("ss", "us", "is", "ses", "xes", "zes", "ches", "shes", "ies")
 ROUTER_LIST = "app/api/v1/router.py"
 MODEL_LIST = "app/models/__init__.py"
 OPENAPI = "docs/openapi.json"
@@ -85,14 +88,15 @@ class Names:
 
 
 def singular_of(plural: str) -> str:
-    for ending, replacement in (("ies", "y"), ("sses", "ss"), ("xes", "x"), ("ches", "ch")):
-        if plural.endswith(ending):
-            return plural[: -len(ending)] + replacement
-    if plural.endswith("s") and not plural.endswith("ss"):
+    """The plural less its final "s" (orders, invoices, order_lines). Endings where
+    English plurals split both ways (batches and caches, categories and movies,
+    statuses, boxes, "-ss", "-us", "-is") are not guessed: a wrong guess would name the
+    model; the singular must then be given."""
+    if plural.endswith("s") and not plural.endswith(_AMBIGUOUS_ENDINGS):
         return plural[:-1]
     raise ResourceError(
-        f"cannot tell the singular of {plural!r}; name the resource in the plural "
-        f"(orders) or pass the singular: --singular (make resource ... singular=...)"
+        f"cannot tell the singular of {plural!r} for certain; pass it: "
+        f"--singular (make resource name={plural} singular=...)"
     )
 
 

@@ -347,10 +347,10 @@ async def test_invalid_bodies_are_422(
 
 async def test_a_name_cannot_be_set_to_null(client: AsyncClient, settings: Settings) -> None:
     headers = caller(settings, "alice")
-    $one = await create(client, headers, "Kept")
-    response = await client.patch(f"{URL}/{$one['id']}", json={"name": None}, headers=headers)
+    row = await create(client, headers, "Kept")
+    response = await client.patch(f"{URL}/{row['id']}", json={"name": None}, headers=headers)
     assert response.status_code == 422
-    assert (await client.get(f"{URL}/{$one['id']}", headers=headers)).json()["name"] == "Kept"
+    assert (await client.get(f"{URL}/{row['id']}", headers=headers)).json()["name"] == "Kept"
 
 
 async def test_paging_returns_every_row_once_in_order(
@@ -377,8 +377,8 @@ async def test_paging_returns_every_row_once_in_order(
 
 
 async def test_another_tenant_gets_404(client: AsyncClient, settings: Settings) -> None:
-    $one = await create(client, caller(settings, "alice", "acme"), "Private")
-    url = f"{URL}/{$one['id']}"
+    row = await create(client, caller(settings, "alice", "acme"), "Private")
+    url = f"{URL}/{row['id']}"
     outsider = caller(settings, "mallory", "globex")
     assert (await client.get(url, headers=outsider)).status_code == 404
     assert (await client.patch(url, json={"name": "x"}, headers=outsider)).status_code == 404
@@ -391,9 +391,9 @@ async def test_another_tenant_gets_404(client: AsyncClient, settings: Settings) 
 async def test_without_a_tenant_rows_are_their_owners_alone(
     client: AsyncClient, settings: Settings
 ) -> None:
-    $one = await create(client, caller(settings, "alice", None), "Mine")
+    row = await create(client, caller(settings, "alice", None), "Mine")
     other = caller(settings, "bob", None)
-    assert (await client.get(f"{URL}/{$one['id']}", headers=other)).status_code == 404
+    assert (await client.get(f"{URL}/{row['id']}", headers=other)).status_code == 404
     assert (await client.get(URL, headers=other)).json()["items"] == []
 ''')
 

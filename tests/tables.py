@@ -6,9 +6,10 @@ import enum
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 
-from sqlalchemy import Enum, func, select
+from sqlalchemy import Enum, Numeric, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
@@ -53,6 +54,9 @@ class Ranked(ScratchTable, table=True):
     )
     ref: uuid.UUID
     seen_at: datetime = Field(sa_type=UTCDateTime)
+    flag: bool
+    day: date
+    amount: Decimal = Field(sa_type=Numeric(10, 2, asdecimal=True))
 
 
 async def count_notes(engine: AsyncEngine) -> int:

@@ -72,7 +72,8 @@ async def _load_user(request: Request, principal: Principal) -> User:
             return await get_or_create_user(session, principal)
 
     accounts: AccountStatusCache = request.state.accounts
-    return await accounts.refresh_once(principal.issuer, principal.subject, refresh)
+    claims = (principal.issuer, principal.subject, principal.tenant_id, principal.email)
+    return await accounts.refresh_once(claims, refresh)
 
 
 def _refuse_if_deactivated(accounts: AccountStatusCache, user: User) -> User:

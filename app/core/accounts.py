@@ -18,7 +18,7 @@ request in flight queueing on the same row lock.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from time import monotonic
 from typing import Any, TypeVar
 
@@ -41,7 +41,7 @@ class AccountStatusCache:
         self._clock = clock or monotonic
         # Insertion order is expiry order (one TTL for all): the first entry is the oldest.
         self._entries: dict[tuple[str, str], tuple[bool, float]] = {}
-        self._refreshing: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._refreshing: dict[Hashable, asyncio.Future[Any]] = {}
 
     def get(self, issuer: str, subject: str) -> bool | None:
         """True (active), False (deactivated), or None when this process does not know."""
@@ -60,13 +60,12 @@ class AccountStatusCache:
             del entries[next(iter(entries))]
         entries[key] = (active, self._clock() + self.ttl)
 
-    async def refresh_once(
-        self, issuer: str, subject: str, refresh: Callable[[], Awaitable[T]]
-    ) -> T:
-        """`refresh()`'s result; while one refresh of this identity runs, later callers
-        wait for it and share its result (or its exception) instead of running their
-        own. A caller that is cancelled does not cancel the refresh the others wait for."""
-        key = (issuer, subject)
+    async def refresh_once(self, key: Hashable, refresh: Callable[[], Awaitable[T]]) -> T:
+        """`refresh()`'s result; while one refresh with the same `key` runs, later
+        callers wait for it and share its result (or its exception) instead of running
+        their own. The key must name everything the refresh writes (identity and the
+        claims copied onto the row), so only callers wanting the same row share it. A
+        caller that is cancelled does not cancel the refresh the others wait for."""
         running = self._refreshing.get(key)
         if running is None:
             running = asyncio.ensure_future(refresh())
@@ -75,7 +74,7 @@ class AccountStatusCache:
         result: T = await asyncio.shield(running)
         return result
 
-    def _finished(self, key: tuple[str, str], done: asyncio.Future[Any]) -> None:
+    def _finished(self, key: Hashable, done: asyncio.Future[Any]) -> None:
         if self._refreshing.get(key) is done:
             del self._refreshing[key]
         if not done.cancelled():

@@ -13,7 +13,8 @@ import enum
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date
+from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Column, ColumnElement, Row, Select, Table, bindparam, func, select, tuple_
@@ -25,6 +26,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core.pagination import CursorCodec, invalid_cursor
 
 Item = TypeVar("Item")
+MAX_CACHED_PAGE_STATEMENTS = 256
 Model = TypeVar("Model", bound=SQLModel)
 
 
@@ -81,7 +83,8 @@ class Sorts:
         statement = self._pages.get(key)
         if statement is None:
             statement = self._build(table, sort, after=after, where=where)
-            self._pages[key] = statement
+            if len(self._pages) < MAX_CACHED_PAGE_STATEMENTS:  # a caller building `where`
+                self._pages[key] = statement  # per call would otherwise fill it forever
         return statement
 
     def _build(
@@ -101,26 +104,36 @@ class Sorts:
 
 
 def _encode(value: Any) -> Any:
-    if isinstance(value, datetime):
+    """A sort value as JSON: dates and date-times in ISO 8601, decimals and UUIDs as
+    strings, enums by value; numbers, strings and booleans as they are."""
+    if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, uuid.UUID):
+    if isinstance(value, uuid.UUID | Decimal):
         return str(value)
     return value
 
 
 def _decode(column: Column[Any], value: Any) -> Any:
+    """`_encode`'s value back as the column's Python type; TypeError or ValueError for a
+    value of any other shape."""
     # A TypeDecorator (UTCDateTime, AutoString) knows its Python type through its impl.
     kind = getattr(column.type, "impl", column.type).python_type
-    if issubclass(kind, datetime):
+    if kind is bool or isinstance(value, bool):
+        if kind is not bool or not isinstance(value, bool):
+            raise TypeError(value)
+        return value
+    if issubclass(kind, date):  # datetime included
         if not isinstance(value, str):
             raise TypeError(value)
-        return datetime.fromisoformat(value)
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return kind.fromisoformat(value)
+    if not isinstance(value, str | int | float):
         raise TypeError(value)
-    if kind is uuid.UUID or issubclass(kind, enum.Enum):
-        return kind(value)
+    if kind is uuid.UUID or issubclass(kind, enum.Enum | Decimal):
+        return kind(str(value) if kind is Decimal else value)
+    if kind is float and isinstance(value, int):
+        return float(value)
     if not isinstance(value, kind):
         raise TypeError(value)
     return value
@@ -130,7 +143,7 @@ def _parse_cursor(column: Column[Any], values: list[Any]) -> tuple[Any, uuid.UUI
     try:
         value, last_id = values
         return _decode(column, value), uuid.UUID(last_id)
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, InvalidOperation):
         raise invalid_cursor("cursor is malformed") from None
 
 

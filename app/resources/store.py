@@ -89,7 +89,8 @@ class ScopedStore(Generic[Model, Schema]):
     async def create(
         self, session: AsyncSession, owner_id: uuid.UUID, tenant_id: str | None, **values: Any
     ) -> Schema:
-        row = {"tenant_id": tenant_id, "owner_id": owner_id, **values}
+        # The scope goes last: no value a schema lets through can move the row elsewhere.
+        row = {**values, "tenant_id": tenant_id, "owner_id": owner_id}
         for name, field in self._defaults:
             if name not in row:
                 row[name] = field.get_default(call_default_factory=True)

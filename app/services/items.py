@@ -57,10 +57,6 @@ async def create_item(
     return await items.create(session, owner.id, tenant_id, **data.model_dump())
 
 
-async def get_item(session: AsyncSession, scope: OwnerScope, item_id: uuid.UUID) -> ItemRead:
-    return await items.get(session, scope, item_id)
-
-
 async def read_item(
     session: AsyncSession, cache: Cache, scope: OwnerScope, item_id: uuid.UUID
 ) -> ItemRead:

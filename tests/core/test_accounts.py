@@ -30,7 +30,7 @@ async def test_concurrent_refreshes_of_one_identity_run_once_and_share_the_resul
     accounts = AccountStatusCache(5)
     refresh = Refresh()
     waiters = [
-        asyncio.create_task(accounts.refresh_once("iss", "alice", refresh)) for _ in range(20)
+        asyncio.create_task(accounts.refresh_once(("iss", "alice"), refresh)) for _ in range(20)
     ]
     await asyncio.sleep(0)
     refresh.release.set()
@@ -43,10 +43,10 @@ async def test_another_identity_and_a_later_refresh_run_their_own() -> None:
     alice, bob = Refresh("a"), Refresh("b")
     alice.release.set()
     bob.release.set()
-    first = asyncio.create_task(accounts.refresh_once("iss", "alice", alice))
-    other = asyncio.create_task(accounts.refresh_once("iss", "bob", bob))
+    first = asyncio.create_task(accounts.refresh_once(("iss", "alice"), alice))
+    other = asyncio.create_task(accounts.refresh_once(("iss", "bob"), bob))
     assert (await first, await other) == ("a", "b")
-    assert await accounts.refresh_once("iss", "alice", alice) == "a"
+    assert await accounts.refresh_once(("iss", "alice"), alice) == "a"
     assert (alice.runs, bob.runs) == (2, 1)
 
 
@@ -54,7 +54,7 @@ async def test_a_failed_refresh_fails_every_waiter_and_the_next_one_runs_again()
     accounts = AccountStatusCache(5)
     failing = Refresh(error=RuntimeError("database down"))
     waiters = [
-        asyncio.create_task(accounts.refresh_once("iss", "alice", failing)) for _ in range(3)
+        asyncio.create_task(accounts.refresh_once(("iss", "alice"), failing)) for _ in range(3)
     ]
     await asyncio.sleep(0)
     failing.release.set()
@@ -62,14 +62,14 @@ async def test_a_failed_refresh_fails_every_waiter_and_the_next_one_runs_again()
     assert [str(result) for result in results] == ["database down"] * 3
     working = Refresh()
     working.release.set()
-    assert await accounts.refresh_once("iss", "alice", working) == "row"
+    assert await accounts.refresh_once(("iss", "alice"), working) == "row"
 
 
 async def test_a_cancelled_caller_does_not_cancel_the_refresh_others_wait_for() -> None:
     accounts = AccountStatusCache(5)
     refresh = Refresh()
-    leaving = asyncio.create_task(accounts.refresh_once("iss", "alice", refresh))
-    staying = asyncio.create_task(accounts.refresh_once("iss", "alice", refresh))
+    leaving = asyncio.create_task(accounts.refresh_once(("iss", "alice"), refresh))
+    staying = asyncio.create_task(accounts.refresh_once(("iss", "alice"), refresh))
     await asyncio.sleep(0)
     leaving.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -21,7 +22,14 @@ from tests.tables import Rank, Ranked
 pytestmark = pytest.mark.usefixtures("tables")
 
 SORTS = Sorts(
-    score=Ranked.score, label=Ranked.label, rank=Ranked.rank, ref=Ranked.ref, seen=Ranked.seen_at
+    score=Ranked.score,
+    label=Ranked.label,
+    rank=Ranked.rank,
+    ref=Ranked.ref,
+    seen=Ranked.seen_at,
+    flag=Ranked.flag,
+    day=Ranked.day,
+    amount=Ranked.amount,
 )
 CODEC = CursorCodec("secret")
 TABLE = Ranked.__table__  # type: ignore[attr-defined]
@@ -45,6 +53,9 @@ def _rows() -> list[Ranked]:
             rank=Rank.HIGH if i % 2 else Rank.LOW,
             ref=uuid.UUID(int=i % 5),
             seen_at=START + timedelta(seconds=i % 6),
+            flag=i % 3 == 0,
+            day=START.date() + timedelta(days=i % 4),
+            amount=Decimal(i % 5) / 4,
         )
         for i in range(13)
     ]
@@ -93,6 +104,10 @@ async def test_every_row_appears_once_in_sort_then_id_order(
         ("ref", ["not-a-uuid", str(uuid.uuid4())], "malformed"),
         ("label", ["l1", "not-a-uuid"], "malformed"),
         ("label", ["l1"], "malformed"),
+        ("flag", ["true", str(uuid.uuid4())], "malformed"),  # a string for a boolean
+        ("score", [1.5, str(uuid.uuid4())], "malformed"),
+        ("day", ["2026-13-01", str(uuid.uuid4())], "malformed"),
+        ("amount", ["lots", str(uuid.uuid4())], "malformed"),
     ],
 )
 async def test_a_signed_cursor_with_values_of_the_wrong_kind_is_a_422(

@@ -26,7 +26,7 @@ async def test_an_update_returns_what_it_wrote_when_the_session_already_holds_th
         owner = await get_or_create_user(session, who)
         item_id = (await service.create_item(session, owner, "acme", ItemCreate(title="Old"))).id
     async with session_context(factory) as session:
-        held = await service.get_item(session, scope, item_id)
+        held = await service.items.get(session, scope, item_id)
         assert (held.title, held.version) == ("Old", 1)
         changes = {"title": "New"}
         updated = await service.update_item(session, Cache(None), scope, item_id, changes)
