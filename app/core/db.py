@@ -31,6 +31,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import Settings
 from app.core.metrics import TimedQueuePool
+from app.core.pool import FairQueuePool
 
 SessionFactory = async_sessionmaker[AsyncSession]
 AfterCommit = Callable[[], Awaitable[None]]
@@ -59,8 +60,7 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
         # (BEGIN, a no-op, ROLLBACK). Connections are recycled before servers or proxies
         # drop them, and a connection found dead invalidates the whole pool, so a database
         # restart costs at most one failed request per process.
-        if settings.METRICS_PORT:
-            options["poolclass"] = TimedQueuePool
+        options["poolclass"] = TimedQueuePool if settings.METRICS_PORT else FairQueuePool
         options |= {
             "pool_size": settings.DB_POOL_SIZE,
             "max_overflow": settings.DB_MAX_OVERFLOW,

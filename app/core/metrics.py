@@ -36,11 +36,12 @@ from prometheus_client import (
     multiprocess,
 )
 from sqlalchemy import event
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry
 from starlette.types import Scope
 
 from app import __version__
 from app.core.config import Settings
+from app.core.pool import FairQueuePool
 from app.core.route_templates import route_template
 
 logger = logging.getLogger(__name__)
@@ -184,8 +185,8 @@ def watch_pool(engine: Any, pool_size: int) -> Callable[[], None]:
     return unwatch
 
 
-class TimedQueuePool(AsyncAdaptedQueuePool):
-    """The async engines' default pool, timing each checkout into `db_pool_wait_seconds`."""
+class TimedQueuePool(FairQueuePool):
+    """The engine's pool, timing each checkout into `db_pool_wait_seconds`."""
 
     def _do_get(self) -> ConnectionPoolEntry:
         started = time.perf_counter()
