@@ -108,6 +108,7 @@ from app.core.pagination import CursorCodec
 from app.models.$one import $Model
 from app.models.user import User
 from app.resources import OwnerScope, PageResult, ScopedStore, Sorts
+from app.resources.store import Database
 from app.schemas.$one import ${Model}Create, ${Model}ListParams, ${Model}Read
 
 $names = ScopedStore(
@@ -122,15 +123,15 @@ async def create_$one(
 
 
 async def read_$one(
-    session: AsyncSession, cache: Cache, scope: OwnerScope, ${one}_id: uuid.UUID
+    db: Database, cache: Cache, scope: OwnerScope, ${one}_id: uuid.UUID
 ) -> ${Model}Read:
-    return await $names.read(session, cache, scope, ${one}_id)
+    return await $names.read(db, cache, scope, ${one}_id)
 
 
 async def list_$names(
-    session: AsyncSession, scope: OwnerScope, params: ${Model}ListParams, codec: CursorCodec
+    db: Database, scope: OwnerScope, params: ${Model}ListParams, codec: CursorCodec
 ) -> PageResult[${Model}Read]:
-    return await $names.page(session, scope, params, codec=codec)
+    return await $names.page(db, scope, params, codec=codec)
 
 
 async def update_$one(
@@ -171,7 +172,7 @@ from app.api.deps import (
     CurrentPrincipal,
     CurrentUser,
     CursorCodecDep,
-    ReadSessionDep,
+    ReadConnectionDep,
     SessionDep,
 )
 from app.api.idempotency import IdempotencyDep
@@ -218,11 +219,11 @@ async def create_$one(
 async def list_$names(
     params: Annotated[${Model}ListParams, Query()],
     scope: ScopeDep,
-    session: ReadSessionDep,
+    db: ReadConnectionDep,
     codec: CursorCodecDep,
 ) -> ModelResponse[Page[${Model}Read]]:
     """List $labels, newest first by default, with cursor paging."""
-    page = await service.list_$names(session, scope, params, codec)
+    page = await service.list_$names(db, scope, params, codec)
     rows = Page[${Model}Read](items=page.items, next_cursor=page.next_cursor, total=page.total)
     return ModelResponse(rows)
 
@@ -233,10 +234,10 @@ async def list_$names(
     responses=success(200, "The $label.", **ETAG) | errors(404),
 )
 async def read_$one(
-    ${one}_id: uuid.UUID, scope: ScopeDep, session: ReadSessionDep, cache: CacheDep
+    ${one}_id: uuid.UUID, scope: ScopeDep, db: ReadConnectionDep, cache: CacheDep
 ) -> ModelResponse[${Model}Read]:
     """One $label, with its `ETag`."""
-    return tagged(await service.read_$one(session, cache, scope, ${one}_id))
+    return tagged(await service.read_$one(db, cache, scope, ${one}_id))
 
 
 @router.patch(

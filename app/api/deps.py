@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from app.core.accounts import AccountStatusCache
 from app.core.cache import Cache
 from app.core.config import Settings
-from app.core.db import ReadSessionDep, SessionDep, session_context
+from app.core.db import ReadConnectionDep, ReadSessionDep, SessionDep, session_context
 from app.core.exceptions import PermissionDeniedError
 from app.core.health import ReadinessProbe
 from app.core.pagination import CursorCodec
@@ -145,6 +145,7 @@ __all__ = [
     "JobsDep",
     "OptionalPrincipal",
     "Principal",
+    "ReadConnectionDep",
     "ReadSessionDep",
     "ReadinessDep",
     "SessionDep",

@@ -68,7 +68,7 @@ def _dependency_errors() -> dict[Callable[..., Any], tuple[int, ...]]:
     from app.api.deps import get_current_user, require_active_account
     from app.api.idempotency import get_idempotency
     from app.api.preconditions import get_if_match
-    from app.core.db import get_read_session, get_session
+    from app.core.db import get_read_connection, get_read_session, get_session
     from app.core.security import get_optional_principal
     from app.jobs.enqueue import get_job_statuses, get_jobs
 
@@ -78,6 +78,7 @@ def _dependency_errors() -> dict[Callable[..., Any], tuple[int, ...]]:
         get_current_user: (403, 503),
         get_session: (503,),
         get_read_session: (503,),
+        get_read_connection: (503,),
         get_if_match: (412,),
         get_idempotency: (422,),
         get_jobs: (503,),

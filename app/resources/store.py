@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic.fields import FieldInfo
 from sqlalchemy import ColumnElement, Row, Table, bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -35,6 +35,9 @@ from app.resources.scope import OwnerScope
 from app.resources.versioning import check_version, conditional_update
 
 Model = TypeVar("Model", bound=ScopedTable)
+# Reads run on the request's session (inside its transaction) or on a bare read
+# connection (`ReadConnectionDep`), which skips building an ORM session.
+Database = AsyncSession | AsyncConnection
 Schema = TypeVar("Schema", bound=BaseModel)
 
 DEFAULT_CACHE_TTL = 60.0
@@ -54,6 +57,7 @@ class ScopedStore(Generic[Model, Schema]):
         resource in error messages ("Order not found."), the model's name by default."""
         self.model = model
         self.schema = schema
+        self._rows = TypeAdapter(list[schema])  # type: ignore[valid-type]
         self.sorts = sorts
         self.noun = noun or model.__name__
         self.table: Table = model.__table__  # type: ignore[attr-defined]
@@ -97,9 +101,9 @@ class ScopedStore(Generic[Model, Schema]):
         connection = await session.connection()
         return self._read((await connection.execute(self._insert, row)).one())
 
-    async def get(self, session: AsyncSession, scope: OwnerScope, row_id: uuid.UUID) -> Schema:
+    async def get(self, db: Database, scope: OwnerScope, row_id: uuid.UUID) -> Schema:
         """The live row, from the database; `NotFoundError` outside the scope."""
-        connection = await session.connection()
+        connection = await _connection(db)
         params = {**scope.params(), "row_id": row_id}
         row = (await connection.execute(self._get[scope.by_tenant], params)).first()
         if row is None:
@@ -107,14 +111,14 @@ class ScopedStore(Generic[Model, Schema]):
         return self._read(row)
 
     async def read(
-        self, session: AsyncSession, cache: Cache, scope: OwnerScope, row_id: uuid.UUID
+        self, db: Database, cache: Cache, scope: OwnerScope, row_id: uuid.UUID
     ) -> Schema:
         """The live row as the read schema, from the cache when it holds it."""
-        return await self.cache.read(cache, scope, row_id, lambda: self.get(session, scope, row_id))
+        return await self.cache.read(cache, scope, row_id, lambda: self.get(db, scope, row_id))
 
     async def page(
         self,
-        session: AsyncSession,
+        db: Database,
         scope: OwnerScope,
         query: PageQuery,
         *,
@@ -122,7 +126,7 @@ class ScopedStore(Generic[Model, Schema]):
         where: Sequence[ColumnElement[bool]] = (),
     ) -> PageResult[Schema]:
         """One page of the scope's live rows matching `where` (see `keyset_page`)."""
-        connection = await session.connection()
+        connection = await _connection(db)
         page = await keyset_page(
             connection,
             self.table,
@@ -133,7 +137,8 @@ class ScopedStore(Generic[Model, Schema]):
             filters=where,
             params=scope.params(),
         )
-        return PageResult([self._read(row) for row in page.items], page.next_cursor, page.total)
+        rows = self._rows.validate_python([row._asdict() for row in page.items])
+        return PageResult(rows, page.next_cursor, page.total)
 
     def batches(
         self,
@@ -209,6 +214,10 @@ class ScopedStore(Generic[Model, Schema]):
         deleted = row.deleted_at is not None
         self.cache.store_after_commit(session, cache, scope, row_id, row.version, written, deleted)
         return written
+
+
+async def _connection(db: Database) -> AsyncConnection:
+    return db if isinstance(db, AsyncConnection) else await db.connection()
 
 
 def _python_defaults(model: type[ScopedTable], table: Table) -> list[tuple[str, FieldInfo]]:

@@ -23,6 +23,7 @@ from app.core.pagination import CursorCodec
 from app.models.item import Item, ItemStatus
 from app.models.user import User
 from app.resources import OwnerScope, PageResult, ScopedStore, Sorts
+from app.resources.store import Database
 from app.schemas.item import ItemCreate, ItemListParams, ItemRead
 
 EXPORT_BATCH_SIZE = 500
@@ -57,19 +58,17 @@ async def create_item(
     return await items.create(session, owner.id, tenant_id, **data.model_dump())
 
 
-async def read_item(
-    session: AsyncSession, cache: Cache, scope: OwnerScope, item_id: uuid.UUID
-) -> ItemRead:
+async def read_item(db: Database, cache: Cache, scope: OwnerScope, item_id: uuid.UUID) -> ItemRead:
     """One item, from the cache when it holds it (a Redis outage only costs speed)."""
-    return await items.read(session, cache, scope, item_id)
+    return await items.read(db, cache, scope, item_id)
 
 
 async def list_items(
-    session: AsyncSession, scope: OwnerScope, params: ItemListParams, codec: CursorCodec
+    db: Database, scope: OwnerScope, params: ItemListParams, codec: CursorCodec
 ) -> PageResult[ItemRead]:
     """A page in (sort key, id) order; the cursor keeps each row on exactly one page."""
     filters = ItemFilters(params.status, params.q, params.created_after, params.created_before)
-    return await items.page(session, scope, params, codec=codec, where=filters.where())
+    return await items.page(db, scope, params, codec=codec, where=filters.where())
 
 
 async def update_item(

@@ -17,7 +17,7 @@ from app.api.deps import (
     CursorCodecDep,
     JobsDep,
     JobStatusDep,
-    ReadSessionDep,
+    ReadConnectionDep,
     SessionDep,
     SettingsDep,
     job_owner,
@@ -76,11 +76,11 @@ async def create_item(
 async def list_items(
     params: Annotated[ItemListParams, Query()],
     scope: ScopeDep,
-    session: ReadSessionDep,
+    db: ReadConnectionDep,
     codec: CursorCodecDep,
 ) -> ModelResponse[Page[ItemRead]]:
     """List items, newest first by default, with cursor paging and filters."""
-    page = await service.list_items(session, scope, params, codec)
+    page = await service.list_items(db, scope, params, codec)
     items = Page[ItemRead](items=page.items, next_cursor=page.next_cursor, total=page.total)
     return ModelResponse(items)
 
@@ -141,10 +141,10 @@ async def download_export(
     "/{item_id}", response_model=ItemRead, responses=success(200, "The item.", **ETAG) | errors(404)
 )
 async def read_item(
-    item_id: uuid.UUID, scope: ScopeDep, session: ReadSessionDep, cache: CacheDep
+    item_id: uuid.UUID, scope: ScopeDep, db: ReadConnectionDep, cache: CacheDep
 ) -> ModelResponse[ItemRead]:
     """One item, with its `ETag`."""
-    return tagged(await service.read_item(session, cache, scope, item_id))
+    return tagged(await service.read_item(db, cache, scope, item_id))
 
 
 @router.patch(
