@@ -38,7 +38,13 @@ class FairQueuePool(AsyncAdaptedQueuePool):
         if gate is None:
             return super()._do_get()
         try:
-            await_(asyncio.wait_for(gate.acquire(), self._timeout))
+            # Free places are taken at once; only a wait needs a timeout (and its task).
+            waiting = (
+                gate.acquire()
+                if not gate.locked()
+                else asyncio.wait_for(gate.acquire(), self._timeout)
+            )
+            await_(waiting)
         except TimeoutError:
             raise exc.TimeoutError(
                 f"QueuePool limit of size {self.size()} overflow {self._max_overflow} "
