@@ -5,6 +5,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -148,18 +149,28 @@ async def test_two_workers_counts_add_up_in_one_scrape(tmp_path: Path) -> None:
         "METRICS_HOST": "127.0.0.1",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
-    requests = 60
     url = f"http://127.0.0.1:{port}/api/v1/public/health"
 
     async def call() -> None:
         async with httpx.AsyncClient() as client:  # a connection each: both processes serve
             assert (await client.get(url)).status_code == 200
 
+    def counts() -> dict[str, float]:
+        return {path.name: served_by(path) for path in metrics_dir.glob("counter_*.db")}
+
     async with serving(env, tmp_path):
         assert not stale.exists()  # emptied before the workers started
-        for _ in range(requests // 10):
+        # The second worker may still be starting when the first answers: send requests
+        # in rounds until both have served some (or the deadline passes).
+        requests, deadline = 0, time.monotonic() + 30
+        while True:
             await asyncio.gather(*(call() for _ in range(10)))
-        per_process = {path.name: served_by(path) for path in metrics_dir.glob("counter_*.db")}
+            requests += 10
+            per_process = counts()
+            if len(per_process) == 2 and all(per_process.values()):
+                break
+            if time.monotonic() > deadline:
+                break
         async with httpx.AsyncClient() as client:
             scrapes = [
                 (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
