@@ -25,7 +25,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.pagination import CursorCodec, invalid_cursor
 
-Item = TypeVar("Item")
+T = TypeVar("T")
 MAX_CACHED_PAGE_STATEMENTS = 256
 Model = TypeVar("Model", bound=SQLModel)
 
@@ -44,8 +44,8 @@ class PageQuery(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class PageResult(Generic[Item]):
-    items: list[Item]
+class PageResult(Generic[T]):
+    items: list[T]
     next_cursor: str | None
     total: int | None
 
@@ -94,13 +94,22 @@ class Sorts:
         ids = table.c.id
         statement = select(table).where(*where)
         if after:
-            position = tuple_(column, ids)
-            bound = tuple_(
-                bindparam("after_value", type_=column.type), bindparam("after_id", type_=ids.type)
-            )
-            statement = statement.where(position < bound if descending else position > bound)
+            value = bindparam("after_value", type_=column.type)
+            last_id = bindparam("after_id", type_=ids.type)
+            statement = statement.where(_past(column, ids, value, last_id, descending=descending))
         order = (column.desc(), ids.desc()) if descending else (column.asc(), ids.asc())
         return statement.order_by(*order).limit(bindparam("page_limit"))
+
+
+def _past(
+    column: Any, ids: Any, value: Any, last_id: Any, *, descending: bool
+) -> ColumnElement[bool]:
+    """Rows strictly after (value, last_id) in (column, id) order. A row-value
+    comparison, so both databases seek straight to it in the (scope, column, id) index
+    instead of reading every earlier row of the scope. The bound values carry the
+    column's type: on SQLite a datetime must be written the way the column stores it."""
+    position, bound = tuple_(column, ids), tuple_(value, last_id)
+    return position < bound if descending else position > bound
 
 
 def _encode(value: Any) -> Any:
@@ -198,12 +207,9 @@ async def iter_batches(
     while True:
         statement = select_rows(model).where(*where)
         if last is not None:
-            position = tuple_(column, ids)
-            bound = tuple_(
-                bindparam(None, getattr(last, column.key), type_=column.type),
-                bindparam(None, last.id, type_=ids.type),
-            )
-            statement = statement.where(position > bound)
+            value = bindparam(None, getattr(last, column.key), type_=column.type)
+            last_id = bindparam(None, last.id, type_=ids.type)
+            statement = statement.where(_past(column, ids, value, last_id, descending=False))
         batch = list((await session.exec(statement.order_by(column, ids).limit(size))).all())
         if not batch:
             return

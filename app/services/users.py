@@ -6,7 +6,7 @@ import functools
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, Table, and_, bindparam, or_, update
+from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, or_, update
 from sqlalchemy import select as select_rows
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -26,16 +26,27 @@ LAST_SEEN_RESOLUTION = timedelta(minutes=5)
 MAX_DISPLAY_NAME = 100
 
 
-@functools.cache
-def _by_identity() -> SelectOfScalar[User]:
-    # Built once: SQLAlchemy then reuses its compiled form and cache key on every request.
+def _identity_clause(users: Table) -> ColumnElement[bool]:
     # The identity's row, or a row from before issuers were recorded that its first login
     # adopts: one index lookup on (subject, issuer) either way.
-    legacy = and_(col(User.issuer).is_(None), col(User.provider) == bindparam("provider"))
-    return select(User).where(
-        col(User.subject) == bindparam("subject"),
-        or_(col(User.issuer) == bindparam("issuer"), legacy),
+    legacy = and_(users.c.issuer.is_(None), users.c.provider == bindparam("provider"))
+    return and_(
+        users.c.subject == bindparam("subject"),
+        or_(users.c.issuer == bindparam("issuer"), legacy),
     )
+
+
+# Built once: SQLAlchemy then reuses their compiled forms and cache keys on every request.
+@functools.cache
+def _by_identity() -> SelectOfScalar[User]:
+    return select(User).where(_identity_clause(User.__table__))  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _identity_rows() -> Select[Any]:
+    # The same query in SQLAlchemy Core, for the read path: no session, no identity map.
+    users: Table = User.__table__  # type: ignore[attr-defined]
+    return select_rows(users).where(_identity_clause(users))
 
 
 async def find_user(session: AsyncSession, principal: Principal) -> User | None:
@@ -48,17 +59,6 @@ async def find_user(session: AsyncSession, principal: Principal) -> User | None:
     }
     rows = (await session.exec(_by_identity(), params=params)).all()
     return min(rows, key=lambda row: row.issuer is None, default=None)
-
-
-@functools.cache
-def _identity_rows() -> Select[Any]:
-    # `_by_identity` in SQLAlchemy Core, for the read path: no session, no identity map.
-    users: Table = User.__table__  # type: ignore[attr-defined]
-    legacy = and_(users.c.issuer.is_(None), users.c.provider == bindparam("provider"))
-    return select_rows(users).where(
-        users.c.subject == bindparam("subject"),
-        or_(users.c.issuer == bindparam("issuer"), legacy),
-    )
 
 
 async def lookup_user(connection: AsyncConnection, principal: Principal) -> User | None:
