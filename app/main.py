@@ -41,6 +41,12 @@ from app.core.pagination import CursorCodec
 from app.core.proxies import TrustedProxies
 from app.core.ratelimit import RateLimiter
 from app.core.security import TokenVerifier
+from app.integrations.storage import (
+    Storage,
+    check_at_startup,
+    create_storage,
+    require_storage_extra,
+)
 from app.jobs.queue import JobQueue
 
 if TYPE_CHECKING:
@@ -64,6 +70,7 @@ class AppState(TypedDict):
     verifier: TokenVerifier
     accounts: AccountStatusCache
     cursor_codec: CursorCodec
+    storage: Storage
 
 
 # Garbage-collector generation 0 threshold while serving (CPython's default is 700):
@@ -126,6 +133,9 @@ def _lifespan(
             resources.push_async_callback(verifier.aclose)
             verifier.start()  # the first JWKS fetch runs in the background
             await _check_redis(redis, settings.HEALTH_CHECK_TIMEOUT)
+            storage = await create_storage(settings)
+            resources.push_async_callback(storage.aclose)
+            await check_at_startup(storage, settings.HEALTH_CHECK_TIMEOUT)
             # One breaker for every Redis user: a failure seen by one skips Redis for all.
             breaker = RedisBreaker(settings.REDIS_SOCKET_TIMEOUT)
             jobs = (
@@ -161,6 +171,9 @@ def _lifespan(
                     redis,
                     timeout=settings.HEALTH_CHECK_TIMEOUT,
                     requires_redis=settings.READINESS_REQUIRES_REDIS,
+                    # A directory is checked by the routes that use it; a remote
+                    # service is part of readiness.
+                    storage=storage.check if storage.name != "filesystem" else None,
                 ),
                 jobs=jobs,
                 rate_limiter=RateLimiter(
@@ -173,6 +186,7 @@ def _lifespan(
                 verifier=verifier,
                 accounts=AccountStatusCache(settings.AUTH_DEACTIVATION_TTL),
                 cursor_codec=CursorCodec(settings.SECRET_KEY.get_secret_value()),
+                storage=storage,
             )
 
     return lifespan
@@ -184,6 +198,8 @@ def create_app(
     """The application; `tracer_provider` (tests) replaces the one the OTEL_* variables
     configure, and stays its caller's to shut down."""
     settings = settings or get_settings()
+    if settings.STORAGE_BACKEND == "s3":
+        require_storage_extra()
     setup_logging(settings.LOG_LEVEL, settings.log_format)
     init_error_reporting(settings, component="api")
     owns_tracer_provider = tracer_provider is None

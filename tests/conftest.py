@@ -8,6 +8,8 @@ dropped at the end), so the suite never touches a developer's data.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -18,6 +20,7 @@ from sqlmodel import SQLModel
 
 from app.core.config import Settings
 from app.core.db import create_engine, init_db
+from tests.s3 import create_bucket, filesystem_overrides, moto_server, s3_overrides
 from tests.support import (
     TEST_POSTGRES_URL,
     TEST_REDIS_URL,
@@ -66,6 +69,24 @@ async def db_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(make_settings(database_url))
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def s3_endpoint() -> AsyncIterator[str]:
+    """The URL of an S3-compatible server (moto) running for the whole test run."""
+    async with moto_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+async def storage_overrides(
+    request: pytest.FixtureRequest, tmp_path: Path, s3_endpoint: str
+) -> dict[str, Any]:
+    """Settings for each storage backend in turn: a temporary directory, then a fresh
+    bucket on the test S3 server."""
+    if request.param == "filesystem":
+        return filesystem_overrides(tmp_path / "storage")
+    return s3_overrides(s3_endpoint, await create_bucket(s3_endpoint))
 
 
 @pytest.fixture

@@ -4,12 +4,14 @@ and tokens for the local auth provider."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -95,14 +97,23 @@ def local_public_key() -> str:
     )
 
 
-def production_auth() -> dict[str, str]:
-    """A production-valid auth configuration that needs no network (Clerk with a PEM key)."""
+def production_config() -> dict[str, str]:
+    """Production-valid identity provider and file storage settings that need no
+    network (Clerk with a PEM key; a directory, explicitly allowed)."""
     return {
         "AUTH_PROVIDER": "clerk",
         "CLERK_ISSUER": "https://clerk.example.com",
         "CLERK_JWT_KEY": local_public_key(),
         "CLERK_AUTHORIZED_PARTIES": "https://app.example.com",
+        "STORAGE_FILESYSTEM_IN_PRODUCTION": "true",
     }
+
+
+@functools.cache
+def _scratch_storage() -> Path:
+    directory = Path(tempfile.mkdtemp(prefix="test-storage-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
@@ -120,6 +131,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         # Tests that look at metrics pick a free port; the rest serve none.
         "METRICS_PORT": 0,
         "WORKER_METRICS_PORT": 0,
+        # Files of tests that do not look at them: out of the working tree.
+        "STORAGE_DIR": str(_scratch_storage()),
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
@@ -201,7 +214,7 @@ async def temporary_database(
         await admin.dispose()
 
 
-class _WithLifespanState:
+class WithLifespanState:
     """Hands the lifespan's state to each request, as an ASGI server would."""
 
     def __init__(self, app: FastAPI, state: dict[str, Any]) -> None:
@@ -220,7 +233,7 @@ async def running_app(
     """Run `create_app(settings)` (or `app`) through its lifespan with a client bound to it."""
     app = app or create_app(settings)
     async with app.router.lifespan_context(app) as state:
-        transport = ASGITransport(app=_WithLifespanState(app, dict(state or {})))
+        transport = ASGITransport(app=WithLifespanState(app, dict(state or {})))
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield app, client
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from app.core.config import Environment, load_settings
-from tests.support import ROOT, copy_repository, production_auth, uv_executable
+from tests.support import ROOT, copy_repository, production_config, uv_executable
 
 MAKEFILE = (ROOT / "Makefile").read_text()
 
@@ -45,7 +45,7 @@ def test_secret_prints_a_fresh_key_production_accepts() -> None:
         ENVIRONMENT="production",
         SECRET_KEY=first,
         DATABASE_URL="postgresql://app@db/app",
-        **production_auth(),
+        **production_config(),
     )
     assert settings.ENVIRONMENT is Environment.PRODUCTION
 

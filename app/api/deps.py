@@ -16,6 +16,7 @@ from app.core.exceptions import PermissionDeniedError
 from app.core.health import ReadinessProbe
 from app.core.pagination import CursorCodec
 from app.core.security import CurrentPrincipal, OptionalPrincipal, Principal, require_roles
+from app.integrations.storage import Storage
 from app.jobs.enqueue import JobsDep, JobStatusDep
 from app.models.base import utcnow
 from app.models.user import User
@@ -40,6 +41,11 @@ async def get_readiness_probe(request: Request) -> ReadinessProbe:
 async def get_cursor_codec(request: Request) -> CursorCodec:
     codec: CursorCodec = request.state.cursor_codec
     return codec
+
+
+async def get_storage(request: Request) -> Storage:
+    storage: Storage = request.state.storage
+    return storage
 
 
 async def get_account_status(request: Request) -> AccountStatusCache:
@@ -133,6 +139,7 @@ CacheDep = Annotated[Cache, Depends(get_cache)]
 ReadinessDep = Annotated[ReadinessProbe, Depends(get_readiness_probe)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 CursorCodecDep = Annotated[CursorCodec, Depends(get_cursor_codec)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
 
 __all__ = [
     "AccountStatusDep",

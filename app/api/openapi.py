@@ -30,9 +30,14 @@ DESCRIPTIONS = {
     404: "Not found in the caller's scope.",
     409: "Conflicts with the resource's state.",
     412: "If-Match does not match the current version.",
+    413: "The request body is over the route's size limit.",
+    415: "The content type is not accepted, or the content is not of that type.",
     422: "Invalid input: `details` lists each problem.",
     429: "Rate limit exceeded; retry after `Retry-After` seconds.",
-    503: "A dependency is unreachable (database, identity provider, job queue); retry later.",
+    503: (
+        "A dependency is unreachable (database, identity provider, job queue, file "
+        "storage); retry later."
+    ),
 }
 
 
@@ -65,10 +70,15 @@ def success(status: int, description: str, **declared: dict[str, Any]) -> dict[i
 
 def _dependency_errors() -> dict[Callable[..., Any], tuple[int, ...]]:
     # Imported here: the dependencies import half of the app.
-    from app.api.deps import get_current_user, require_active_account
+    from app.api.deps import get_current_user, get_storage, require_active_account
     from app.api.idempotency import get_idempotency
     from app.api.preconditions import get_if_match
-    from app.core.db import get_read_connection, get_read_session, get_session
+    from app.core.db import (
+        get_read_connection,
+        get_read_session,
+        get_session,
+        get_session_factory,
+    )
     from app.core.security import get_optional_principal
     from app.jobs.enqueue import get_job_statuses, get_jobs
 
@@ -79,10 +89,12 @@ def _dependency_errors() -> dict[Callable[..., Any], tuple[int, ...]]:
         get_session: (503,),
         get_read_session: (503,),
         get_read_connection: (503,),
+        get_session_factory: (503,),
         get_if_match: (412,),
         get_idempotency: (422,),
         get_jobs: (503,),
         get_job_statuses: (503,),
+        get_storage: (503,),
     }
 
 

@@ -51,6 +51,12 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 MIN_HMAC_SECRET_BYTES = 32
 
+# Content types an upload may have: each is recognised from its first bytes
+# (app/services/uploads.py), so a declared type is checked against the content.
+UPLOAD_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf")
+# S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+
 
 class ConfigError(RuntimeError):
     """Raised at start-up when the environment holds an invalid setting."""
@@ -132,8 +138,26 @@ class Settings(BaseSettings):
     JOB_MAX_TRIES: int = Field(default=5, ge=1, le=100)
     JOB_RETRY_DELAY: float = Field(default=5.0, ge=0, le=3600)
     JOB_KEEP_RESULT: int = Field(default=86_400, ge=60, le=30 * 86_400)
-    EXPORT_DIR: Path = Path("./exports")
     SOFT_DELETE_RETENTION_DAYS: int = Field(default=30, ge=1, le=36_500)
+
+    # Files (exports, attachments): a directory, or an S3-compatible bucket (the
+    # `storage` extra). Production refuses the directory unless explicitly allowed.
+    STORAGE_BACKEND: Literal["filesystem", "s3"] = "filesystem"
+    STORAGE_DIR: Path = Path("./storage")
+    STORAGE_FILESYSTEM_IN_PRODUCTION: bool = False
+    STORAGE_URL_TTL: int = Field(default=300, ge=1, le=604_800)
+    S3_BUCKET: str = ""
+    S3_REGION: str = "us-east-1"
+    S3_ENDPOINT_URL: str = ""
+    S3_PUBLIC_ENDPOINT_URL: str = ""
+    S3_ACCESS_KEY_ID: str = ""
+    S3_SECRET_ACCESS_KEY: SecretStr | None = None
+    S3_FORCE_PATH_STYLE: bool = False
+    S3_TIMEOUT: float = Field(default=5.0, gt=0, le=300)
+    UPLOAD_MAX_BYTES: int = Field(default=10 * 1024 * 1024, ge=1, le=5 * 1024**3)
+    UPLOAD_ALLOWED_TYPES: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(UPLOAD_TYPES)
+    )
 
     RATE_LIMIT_DEFAULT: str = "100/minute"
     RATE_LIMIT_ITEM_WRITES: str = "60/minute"
@@ -201,6 +225,7 @@ class Settings(BaseSettings):
         "CLERK_AUTHORIZED_PARTIES",
         "OIDC_AUDIENCE",
         "OIDC_ALGORITHMS",
+        "UPLOAD_ALLOWED_TYPES",
         mode="before",
     )
     @classmethod
@@ -255,6 +280,41 @@ class Settings(BaseSettings):
     @classmethod
     def _check_base_url(cls, value: str) -> str:
         return _check_url(value).rstrip("/")
+
+    @field_validator("S3_ENDPOINT_URL", "S3_PUBLIC_ENDPOINT_URL")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        if "@" in urlsplit(value.strip()).netloc:
+            raise ValueError(
+                "must not carry credentials (use S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY)"
+            )
+        return _check_url(value).rstrip("/")
+
+    @field_validator("UPLOAD_ALLOWED_TYPES")
+    @classmethod
+    def _check_upload_types(cls, value: list[str]) -> list[str]:
+        types = [item.lower() for item in value]
+        unknown = [item for item in types if item not in UPLOAD_TYPES]
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} cannot be recognised from its content; "
+                f"choose from {', '.join(UPLOAD_TYPES)}"
+            )
+        return types
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> Self:
+        if self.STORAGE_BACKEND == "s3" and not _BUCKET.fullmatch(self.S3_BUCKET):
+            raise ValueError(
+                "STORAGE_BACKEND=s3 needs S3_BUCKET, a bucket name of 3-63 lowercase "
+                f"letters, digits, dots and hyphens (got {self.S3_BUCKET!r})"
+            )
+        if bool(self.S3_ACCESS_KEY_ID) != (self.S3_SECRET_ACCESS_KEY is not None):
+            raise ValueError(
+                "set both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY, or neither (the "
+                "standard AWS credential chain is used then)"
+            )
+        return self
 
     @field_validator("OIDC_ISSUER", "OIDC_JWKS_URL")
     @classmethod
@@ -369,6 +429,12 @@ class Settings(BaseSettings):
         if self.is_sqlite:
             problems.append("DATABASE_URL must point at PostgreSQL, not SQLite")
         problems.extend(self._auth_production_problems())
+        if self.STORAGE_BACKEND == "filesystem" and not self.STORAGE_FILESYSTEM_IN_PRODUCTION:
+            problems.append(
+                "STORAGE_BACKEND=filesystem keeps files on one host's disk; use s3, or set "
+                "STORAGE_FILESYSTEM_IN_PRODUCTION=true if every API and worker process "
+                "shares STORAGE_DIR"
+            )
         if problems:
             raise ValueError("refusing to start in production: " + "; ".join(problems))
         return self

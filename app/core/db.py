@@ -179,6 +179,16 @@ async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
 
 
+async def get_session_factory(request: Request) -> SessionFactory:
+    """The session factory, for a handler that must not hold a connection across slow
+    I/O (an upload streaming in): it opens short transactions with `session_context`."""
+    factory: SessionFactory = request.state.session_factory
+    return factory
+
+
+SessionFactoryDep = Annotated[SessionFactory, Depends(get_session_factory)]
+
+
 async def get_read_connection(request: Request) -> AsyncIterator[AsyncConnection]:
     """A bare read connection (see `read_engine`) for handlers whose reads are Core
     statements, such as the resource store's: no ORM session to build and tear down."""

@@ -29,6 +29,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, compile_path
 
 from app.core.error_reporting import report_request_exception
@@ -56,6 +57,11 @@ class AppError(Exception):
         self.headers = dict(headers or {})
         super().__init__(self.message)
 
+    @property
+    def log_message(self) -> str:
+        """What the log says about the error: the message, or more than clients see."""
+        return self.message
+
 
 class NotFoundError(AppError):
     status_code = 404
@@ -79,6 +85,18 @@ class PreconditionFailedError(AppError):
     status_code = 412
     code = "precondition_failed"
     default_message = "The resource has changed since it was read."
+
+
+class PayloadTooLargeError(AppError):
+    status_code = 413
+    code = "payload_too_large"
+    default_message = "The request body is too large."
+
+
+class UnsupportedMediaTypeError(AppError):
+    status_code = 415
+    code = "unsupported_media_type"
+    default_message = "The content type is not accepted."
 
 
 class AuthenticationError(AppError):
@@ -153,7 +171,7 @@ def error_response(
 async def _app_error_handler(request: Request, exc: Exception) -> JSONResponse:
     exc = cast(AppError, exc)
     if exc.status_code >= 500:
-        logger.warning("%s: %s", type(exc).__name__, exc.message)
+        logger.warning("%s: %s", type(exc).__name__, exc.log_message)
     return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
 
 
@@ -319,8 +337,16 @@ async def _timeout_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _client_disconnect_handler(request: Request, exc: Exception) -> JSONResponse:
+    # The client left while sending its body (an upload cut short): nobody reads the
+    # answer, and it is not the server's failure, so no traceback and no error report.
+    logger.info("client disconnected during %s %s", request.method, request.url.path)
+    return error_response(400, "bad_request", "The request body ended early.")
+
+
 def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error_handler)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_exception_handler(RequestValidationError, _request_validation_handler)
     for error in (DBAPIError, PoolTimeoutError, OSError):

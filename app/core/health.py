@@ -1,4 +1,5 @@
-"""Readiness checks: the database and Redis, probed concurrently and bounded in time.
+"""Readiness checks: the database, Redis and (when it is a remote service) file
+storage, probed concurrently and bounded in time.
 
 Orchestrators may probe every few seconds from many nodes, so a check's result is
 reused for `CACHE_SECONDS` and probes that arrive while a check runs wait for that
@@ -84,11 +85,14 @@ class ReadinessProbe:
         *,
         timeout: float,
         requires_redis: bool,
+        storage: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.engine = engine
         self.redis = redis
         self._database = _Check(self._ping_database)
         self._redis = _Check(redis.ping) if redis is not None else None
+        # Storage down fails only the routes that move files: "degraded", like Redis.
+        self._storage = _Check(storage) if storage is not None else None
         self.timeout = timeout
         self.requires_redis = requires_redis
         self._report: ReadinessReport | None = None
@@ -105,14 +109,20 @@ class ReadinessProbe:
             redis_check = asyncio.sleep(0, ComponentReport("disabled"))
         else:
             redis_check = self._redis.run(self.timeout)
-        database, redis = await asyncio.gather(self._database.run(self.timeout), redis_check)
+        checks = [self._database.run(self.timeout), redis_check]
+        if self._storage is not None:
+            checks.append(self._storage.run(self.timeout))
+        database, redis, *storage = await asyncio.gather(*checks)
+        components = {"database": database, "redis": redis}
+        if storage:
+            components["storage"] = storage[0]
         if database.status != "up" or (self.requires_redis and redis.status != "up"):
             status: OverallStatus = "unavailable"
-        elif redis.status == "down":
+        elif any(report.status == "down" for report in components.values()):
             status = "degraded"
         else:
             status = "ok"
-        return ReadinessReport(status, {"database": database, "redis": redis})
+        return ReadinessReport(status, components)
 
     async def check(self) -> ReadinessReport:
         if self._report is not None and time.monotonic() - self._checked_at < CACHE_SECONDS:

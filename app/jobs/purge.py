@@ -1,5 +1,6 @@
-"""The purge cron: hard-delete rows soft-deleted more than SOFT_DELETE_RETENTION_DAYS ago,
-and idempotency records older than their 24 h lifetime.
+"""The purge cron: hard-delete rows soft-deleted more than SOFT_DELETE_RETENTION_DAYS ago
+(and the attachment files of items among them), and idempotency records older than
+their 24 h lifetime.
 
 Only tables whose model is decorated with `@purgeable` (app/models/base.py) are
 purged of soft-deleted rows. Rows go in batches, each in its own short transaction,
@@ -15,9 +16,13 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, delete, select, tuple_
 
 from app.core.db import SessionFactory, session_context
+from app.integrations.storage import StorageUnavailableError
 from app.jobs.registry import JobContext, job
+from app.models.attachment import ItemAttachment
 from app.models.base import purgeable_models, utcnow
 from app.models.idempotency import IdempotencyRecord
+from app.models.item import Item
+from app.services.attachments import purge_attachments
 from app.services.idempotency import expiry_cutoff
 
 logger = logging.getLogger(__name__)
@@ -71,8 +76,23 @@ async def purge_soft_deleted(ctx: JobContext) -> dict[str, Any]:
 
     cutoff = utcnow() - timedelta(days=ctx.settings.SOFT_DELETE_RETENTION_DAYS)
     counts: dict[str, Any] = {}
+    # Files first: once their items are gone, nothing would say which files to delete.
+    # With storage down, items wait for the next run; everything else is purged.
+    held_back: set[str] = set()
+    try:
+        attachments = await purge_attachments(
+            ctx.session_factory, ctx.storage, deleted_before=cutoff
+        )
+    except StorageUnavailableError as exc:
+        logger.warning("not purging items this run: their files cannot be deleted (%s)", exc.reason)
+        held_back.add(Item.__tablename__)
+    else:
+        counts[ItemAttachment.__tablename__] = attachments
+        logger.info("purged %d attachments of soft-deleted items", attachments)
     for model in purgeable_models():
         table: Table = model.__table__  # type: ignore[attr-defined]
+        if table.name in held_back:
+            continue
         counts[table.name] = await purge_table(ctx.session_factory, table, deleted_before=cutoff)
         logger.info("purged %d soft-deleted rows from %s", counts[table.name], table.name)
     purged = await purge_idempotency_records(ctx.session_factory, created_before=expiry_cutoff())

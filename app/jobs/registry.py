@@ -34,6 +34,7 @@ from app.core.db import SessionFactory, session_context
 from app.core.error_reporting import report_exception
 from app.core.logging import request_id_var
 from app.core.tracing import job_span
+from app.integrations.storage import Storage
 from app.jobs.enqueue import Jobs
 from app.jobs.queue import META_KWARG
 from app.jobs.serialization import JobPayloadError, check_payload
@@ -64,6 +65,7 @@ class JobContext:
     session_factory: SessionFactory
     cache: Cache
     jobs: Jobs  # follow-up jobs leave after `session` commits
+    storage: Storage
 
 
 class JobFunction(Generic[P, R]):
@@ -168,6 +170,7 @@ class JobFunction(Generic[P, R]):
                     session_factory=ctx["session_factory"],
                     cache=ctx["cache"],
                     jobs=Jobs(ctx["job_queue"], session),
+                    storage=ctx["storage"],
                 )
                 return await self.function(job_ctx, *args, **kwargs)
         except (Retry, PermanentJobError):

@@ -29,6 +29,7 @@ from app.core.db import create_engine, create_session_factory
 from app.core.error_reporting import init_error_reporting
 from app.core.logging import setup_logging
 from app.core.metrics import start_metrics_server
+from app.integrations.storage import check_at_startup, create_storage, require_storage_extra
 from app.jobs.exports import export_items, remove_expired_exports
 from app.jobs.outbox import relay_outbox
 from app.jobs.purge import purge_soft_deleted
@@ -104,6 +105,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         cache=Cache(redis, breaker=breaker),
         job_queue=JobQueue(ctx["redis"], queue_name=settings.JOBS_QUEUE_NAME, breaker=breaker),
     )
+    ctx["storage"] = await create_storage(settings)
+    await check_at_startup(ctx["storage"], settings.HEALTH_CHECK_TIMEOUT)
     if settings.WORKER_METRICS_PORT:
         ctx["metrics_server"] = await start_metrics_server(
             settings, settings.WORKER_METRICS_PORT, ctx["job_queue"], component="worker"
@@ -133,6 +136,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["metrics_server"].aclose()
     if ctx.get("app_redis") is not None:
         await ctx["app_redis"].aclose()
+    if ctx.get("storage") is not None:
+        await ctx["storage"].aclose()
     if "engine" in ctx:
         await ctx["engine"].dispose()
     if ctx.get("owns_tracer_provider"):
@@ -167,6 +172,8 @@ def worker_options(
 
 def build_worker_settings(settings: Settings) -> type:
     """The class arq's CLI reads its options from."""
+    if settings.STORAGE_BACKEND == "s3":
+        require_storage_extra()
     return type("WorkerSettings", (), worker_options(settings))
 
 

@@ -1,5 +1,6 @@
 """Table models. Import every model here so Alembic and `init_db` see all tables."""
 
+from app.models.attachment import ItemAttachment
 from app.models.base import BaseTable, SoftDeleteMixin
 from app.models.idempotency import IdempotencyRecord
 from app.models.item import Item, ItemStatus
@@ -10,6 +11,7 @@ __all__ = [
     "BaseTable",
     "IdempotencyRecord",
     "Item",
+    "ItemAttachment",
     "ItemStatus",
     "OutboxJob",
     "SoftDeleteMixin",

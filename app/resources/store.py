@@ -103,7 +103,7 @@ class ScopedStore(Generic[Model, Schema]):
 
     async def get(self, db: Database, scope: OwnerScope, row_id: uuid.UUID) -> Schema:
         """The live row, from the database; `NotFoundError` outside the scope."""
-        connection = await _connection(db)
+        connection = await connection_of(db)
         params = {**scope.params(), "row_id": row_id}
         row = (await connection.execute(self._get[scope.by_tenant], params)).first()
         if row is None:
@@ -126,7 +126,7 @@ class ScopedStore(Generic[Model, Schema]):
         where: Sequence[ColumnElement[bool]] = (),
     ) -> PageResult[Schema]:
         """One page of the scope's live rows matching `where` (see `keyset_page`)."""
-        connection = await _connection(db)
+        connection = await connection_of(db)
         page = await keyset_page(
             connection,
             self.table,
@@ -216,7 +216,8 @@ class ScopedStore(Generic[Model, Schema]):
         return written
 
 
-async def _connection(db: Database) -> AsyncConnection:
+async def connection_of(db: Database) -> AsyncConnection:
+    """The connection `db` runs on (a session's, in its transaction)."""
     return db if isinstance(db, AsyncConnection) else await db.connection()
 
 

@@ -1,15 +1,15 @@
-"""CSV exports of items: the rows a caller's list would show, written to a file."""
+"""CSV exports of items: the rows a caller's list would show, written to file storage."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
-import os
-from pathlib import Path
-from typing import TextIO
+import io
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.integrations.storage import Storage
 from app.models.item import Item
 from app.resources import OwnerScope
 from app.services.items import ItemFilters, iter_items
@@ -18,6 +18,8 @@ COLUMNS = (
     "id", "title", "description", "status", "tags", "tenant_id", "owner_id", "version",
     "created_at", "updated_at",
 )  # fmt: skip
+CONTENT_TYPE = "text/csv; charset=utf-8"
+PREFIX = "exports/"
 # Spreadsheet programs run cells starting with these as formulas; prefixing a quote
 # keeps a hostile title from executing anything when the file is opened.
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -37,55 +39,40 @@ def _row(item: Item) -> list[str]:
     return [_cell(values[column]) for column in COLUMNS]
 
 
-def export_path(directory: Path, job_id: str) -> Path:
-    return directory / f"items-{job_id}.csv"
+def export_key(job_id: str) -> str:
+    """Where the export of job `job_id` is stored (job ids are the queue's own hex ids)."""
+    return f"{PREFIX}items-{job_id}.csv"
+
+
+def _csv(rows: Sequence[Sequence[str]]) -> bytes:
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    return text.getvalue().encode("utf-8")
 
 
 async def export_items_csv(
-    session: AsyncSession, scope: OwnerScope, filters: ItemFilters, path: Path
+    session: AsyncSession, scope: OwnerScope, filters: ItemFilters, storage: Storage, key: str
 ) -> int:
-    """Write every matching item to `path` atomically: readers never see half a file,
-    and a failed export leaves no partial file behind."""
-    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    file = await asyncio.to_thread(partial.open, "w", newline="", encoding="utf-8")
-    try:
-        rows = await _write_rows(session, scope, filters, file)
-        await asyncio.to_thread(file.close)
-        await asyncio.to_thread(os.replace, partial, path)
-    except BaseException:
-        await asyncio.to_thread(_discard, file, partial)
-        raise
-    return rows
-
-
-async def _write_rows(
-    session: AsyncSession, scope: OwnerScope, filters: ItemFilters, file: TextIO
-) -> int:
-    writer = csv.writer(file)
-    await asyncio.to_thread(writer.writerow, COLUMNS)
+    """Store every matching item as CSV under `key`, streamed batch by batch; returns the
+    number of rows. All or nothing: a failed export stores no partial file."""
     rows = 0
-    async for batch in iter_items(session, scope, filters):
-        await asyncio.to_thread(writer.writerows, [_row(item) for item in batch])
-        rows += len(batch)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal rows
+        yield _csv([COLUMNS])
+        async for batch in iter_items(session, scope, filters):
+            yield _csv([_row(item) for item in batch])
+            rows += len(batch)
+
+    await storage.put(key, chunks(), content_type=CONTENT_TYPE)
     return rows
 
 
-def _discard(file: TextIO, partial: Path) -> None:
-    file.close()
-    partial.unlink(missing_ok=True)
-
-
-def remove_old_exports(directory: Path, older_than: float, now: float) -> int:
-    """Delete export files last written before `now - older_than`; returns how many."""
+async def remove_old_exports(storage: Storage, older_than: timedelta, now: datetime) -> int:
+    """Delete the exports last written before `now - older_than`; returns how many."""
     removed = 0
-    if not directory.is_dir():
-        return 0
-    for path in directory.glob("items-*.csv*"):
-        try:
-            if path.stat().st_mtime < now - older_than:
-                path.unlink()
-                removed += 1
-        except FileNotFoundError:
-            continue
+    async for info in storage.list(PREFIX):
+        if info.modified_at < now - older_than:
+            await storage.delete(info.key)
+            removed += 1
     return removed

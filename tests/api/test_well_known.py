@@ -1,7 +1,7 @@
 import jwt
 
 from app.core.config import Settings
-from tests.support import local_token, make_settings, production_auth, running_app
+from tests.support import local_token, make_settings, production_config, running_app
 
 JWKS = "/.well-known/jwks.json"
 
@@ -28,7 +28,7 @@ async def test_the_published_key_verifies_local_tokens(settings: Settings) -> No
 
 
 async def test_other_providers_publish_nothing(database_url: str, clean_db: None) -> None:
-    settings = make_settings(database_url, **production_auth())
+    settings = make_settings(database_url, **production_config())
     async with running_app(settings) as (_, client):
         response = await client.get(JWKS)
     assert response.status_code == 404

@@ -10,7 +10,8 @@ SQLITE = "sqlite+aiosqlite:///./test.db"
 STRONG_SECRET = "x" * 48
 PG = "postgresql+asyncpg://app@db/app"
 PROD_AUTH = {"AUTH_PROVIDER": "oidc", "OIDC_ISSUER": "https://id.example/", "OIDC_AUDIENCE": "api"}
-SAFE_PROD = {"DATABASE_URL": PG, "SECRET_KEY": STRONG_SECRET, **PROD_AUTH}
+PROD_STORAGE = {"STORAGE_BACKEND": "s3", "S3_BUCKET": "app-files"}
+SAFE_PROD = {"DATABASE_URL": PG, "SECRET_KEY": STRONG_SECRET, **PROD_AUTH, **PROD_STORAGE}
 
 
 @pytest.mark.parametrize(
@@ -85,6 +86,57 @@ def test_json_logs_and_no_docs_outside_development() -> None:
     assert load_settings(
         _env_file=None, ENVIRONMENT="production", DOCS_ENABLED=True, **SAFE_PROD
     ).docs_enabled
+
+
+def test_production_refuses_the_filesystem_backend_unless_allowed() -> None:
+    filesystem = {**SAFE_PROD, "STORAGE_BACKEND": "filesystem"}
+    with pytest.raises(ConfigError, match="STORAGE_BACKEND=filesystem") as refused:
+        load_settings(_env_file=None, ENVIRONMENT="production", **filesystem)
+    assert "STORAGE_FILESYSTEM_IN_PRODUCTION=true" in str(refused.value)
+    allowed = load_settings(
+        _env_file=None,
+        ENVIRONMENT="production",
+        STORAGE_FILESYSTEM_IN_PRODUCTION=True,
+        **filesystem,
+    )
+    assert allowed.STORAGE_BACKEND == "filesystem"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"STORAGE_BACKEND": "s3"}, "STORAGE_BACKEND=s3 needs S3_BUCKET"),
+        ({"STORAGE_BACKEND": "s3", "S3_BUCKET": "Bad_Name"}, "STORAGE_BACKEND=s3 needs S3_BUCKET"),
+        ({"STORAGE_BACKEND": "gcs"}, "STORAGE_BACKEND"),
+        ({"S3_ACCESS_KEY_ID": "AKIA1"}, "set both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY"),
+        ({"S3_ENDPOINT_URL": "minio:9000"}, "S3_ENDPOINT_URL"),
+        ({"S3_ENDPOINT_URL": "https://key:secret@s3.example"}, "must not carry credentials"),
+        ({"UPLOAD_ALLOWED_TYPES": "image/png,text/html"}, "text/html cannot be recognised"),
+        ({"UPLOAD_MAX_BYTES": "0"}, "UPLOAD_MAX_BYTES"),
+    ],
+)
+def test_bad_storage_settings_are_refused(overrides: dict[str, str], reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        load_settings(_env_file=None, **overrides)
+
+
+def test_storage_settings_are_normalised() -> None:
+    settings = load_settings(
+        _env_file=None,
+        UPLOAD_ALLOWED_TYPES="Image/PNG, application/pdf",
+        S3_ENDPOINT_URL="http://minio:9000/",
+    )
+    assert settings.UPLOAD_ALLOWED_TYPES == ["image/png", "application/pdf"]
+    assert settings.S3_ENDPOINT_URL == "http://minio:9000"
+
+
+def test_s3_without_the_storage_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.main import create_app
+
+    monkeypatch.setitem(sys.modules, "aiobotocore", None)  # as if not installed
+    settings = load_settings(_env_file=None, STORAGE_BACKEND="s3", S3_BUCKET="app-files")
+    with pytest.raises(ConfigError, match="needs the `storage` extra: install it with `uv sync"):
+        create_app(settings)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from app.core.config import Settings
 from app.core.logging import JsonFormatter
 from app.core.security import CurrentPrincipal
 from app.main import create_app
-from tests.support import make_settings, production_auth, running_app
+from tests.support import make_settings, production_config, running_app
 
 router = APIRouter()
 handler_logger = logging.getLogger("app.test.handler")
@@ -77,7 +77,7 @@ async def test_production_adds_hsts(database_url: str) -> None:
         "postgresql+asyncpg://app@127.0.0.1:9/app",
         ENVIRONMENT="production",
         SECRET_KEY="k" * 40,
-        **production_auth(),
+        **production_config(),
     )
     async with running_app(settings) as (_, client):
         response = await client.get("/api/v1/public/health")

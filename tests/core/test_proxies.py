@@ -11,7 +11,7 @@ from httpx import ASGITransport, AsyncClient
 
 from app.core.proxies import TrustedProxies
 from app.main import create_app
-from tests.support import _WithLifespanState, make_settings
+from tests.support import WithLifespanState, make_settings
 
 SQLITE = "sqlite+aiosqlite:///:memory:"
 
@@ -84,7 +84,7 @@ async def test_the_app_applies_trusted_proxies_to_every_request(
     app = echo_app(trusted)
     async with app.router.lifespan_context(app) as state:
         transport = ASGITransport(
-            app=_WithLifespanState(app, dict(state or {})), client=("127.0.0.1", 5555)
+            app=WithLifespanState(app, dict(state or {})), client=("127.0.0.1", 5555)
         )
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:
             response = await client.get(

@@ -18,7 +18,7 @@ from app.core.exceptions import NotFoundError
 from app.core.ratelimit import RateLimit, RateLimiter, rate_limit
 from app.core.rates import Rate, parse_rate
 from app.main import create_app
-from tests.support import CLOSED_PORT_URL, _WithLifespanState, auth_headers, make_settings
+from tests.support import CLOSED_PORT_URL, WithLifespanState, auth_headers, make_settings
 
 SQLITE = "sqlite+aiosqlite:///:memory:"
 
@@ -150,7 +150,7 @@ async def limited_client(settings: Settings, peer: str = "127.0.0.1") -> AsyncIt
     app: FastAPI = create_app(settings)
     app.include_router(build_router(uuid.uuid4().hex))
     async with app.router.lifespan_context(app) as state:
-        transport = ASGITransport(app=_WithLifespanState(app, dict(state or {})), client=(peer, 1))
+        transport = ASGITransport(app=WithLifespanState(app, dict(state or {})), client=(peer, 1))
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
 

@@ -152,3 +152,22 @@ def health_paths(api_prefix: str = "/api/v1") -> tuple[str, str]:
     app = create_app(make_settings("sqlite+aiosqlite:///:memory:", API_V1_STR=api_prefix))
     names = (health.liveness.__name__, health.readiness.__name__)
     return app.url_path_for(names[0]), app.url_path_for(names[1])
+
+
+def compose_value(value: object, environment: dict[str, str] | None = None) -> object:
+    """A compose value with `${NAME:-default}` substituted as compose would, from
+    `environment` (the shell's, for `docker compose up`)."""
+    if not isinstance(value, str):
+        return value
+    environment = environment or {}
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: environment.get(m[1]) or m[2], value)
+
+
+def compose_environment(
+    spec: dict[str, Any], environment: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A compose service's `environment`, substituted (see `compose_value`)."""
+    return {
+        name: compose_value(value, environment)
+        for name, value in spec.get("environment", {}).items()
+    }

@@ -12,6 +12,7 @@ from sqlalchemy import make_url
 from app.core.config import Environment
 from tests.deploy.parsing import (
     DOCKER,
+    compose_environment,
     documented_env_names,
     load_yaml,
     parse_dockerfile,
@@ -106,15 +107,15 @@ def test_containers_write_into_the_bind_mount_as_the_users_uid() -> None:
     assert "APP_UID=${APP_UID:-$(id -u)} docker compose" in planned
 
 
-@pytest.mark.parametrize("service", list(SERVICES))
-def test_every_service_environment_is_documented_in_env_example(service: str) -> None:
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_every_app_service_environment_is_documented_in_env_example(service: str) -> None:
     environment = SERVICES[service].get("environment", {})
     assert set(environment) <= documented_env_names()
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
 def test_app_services_get_valid_development_settings_for_the_stack(service: str) -> None:
-    environment = dict(SERVICES[service]["environment"])
+    environment = compose_environment(SERVICES[service])
     settings = make_settings(environment.pop("DATABASE_URL"), **environment)
     assert settings.ENVIRONMENT is Environment.DEVELOPMENT
     assert "dev" in settings.SECRET_KEY.get_secret_value()
@@ -135,3 +136,37 @@ def test_worker_and_migrate_get_the_same_settings_as_the_api() -> None:
     for service in ("worker", "migrate"):
         assert SERVICES[service]["environment"] == api["environment"]
         assert SERVICES[service]["volumes"] == api["volumes"]
+
+
+S3_PROFILE = ("minio", "minio-bucket")
+
+
+def test_the_s3_profile_serves_a_bucket_the_app_uses_when_asked() -> None:
+    # Files stay in ./storage unless STORAGE_BACKEND=s3 is exported for `compose up`.
+    assert compose_environment(SERVICES["api"])["STORAGE_BACKEND"] == "filesystem"
+    environment = compose_environment(SERVICES["api"], {"STORAGE_BACKEND": "s3"})
+    settings = make_settings(environment.pop("DATABASE_URL"), **environment)
+    assert settings.STORAGE_BACKEND == "s3"
+    minio, bucket = (SERVICES[name] for name in S3_PROFILE)
+    for spec in (minio, bucket):
+        assert spec["profiles"] == ["s3"]
+        assert re.fullmatch(r"minio/(minio|mc):RELEASE\.[\dT\-Z]+", spec["image"]), spec["image"]
+    # The app reaches MinIO by service name on the port it listens on, with its user...
+    command = minio["command"]
+    port = command[command.index("--address") + 1].lstrip(":")
+    assert f"http://minio:{port}" == settings.S3_ENDPOINT_URL
+    assert minio["environment"]["MINIO_ROOT_USER"] == settings.S3_ACCESS_KEY_ID
+    secret = settings.S3_SECRET_ACCESS_KEY
+    assert secret is not None
+    assert secret.get_secret_value() == minio["environment"]["MINIO_ROOT_PASSWORD"]
+    # ...a browser by the port published on this machine only...
+    assert f"127.0.0.1:{port}:{port}" in minio["ports"]
+    assert all(published.startswith("127.0.0.1:") for published in minio["ports"])
+    assert f"http://localhost:{port}" == settings.S3_PUBLIC_ENDPOINT_URL
+    assert settings.S3_FORCE_PATH_STYLE
+    # ...and the bucket it names is created once MinIO is healthy.
+    assert bucket["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    (script,) = bucket["command"]
+    assert f"http://minio:{port}" in script
+    assert f"mc mb --ignore-existing local/{settings.S3_BUCKET}" in script
+    assert minio["volumes"][0].split(":")[0] in COMPOSE["volumes"]

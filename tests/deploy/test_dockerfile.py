@@ -48,8 +48,10 @@ def uv_sync_commands(dockerfile: Dockerfile) -> list[list[str]]:
 def test_production_image_installs_exactly_the_lockfile_in_a_builder_stage() -> None:
     (sync,) = uv_sync_commands(PROD)
     assert {"--frozen", "--no-dev"} <= set(sync)
-    # Sentry (SENTRY_DSN) must work in the image; the other extras are a fork's choice.
-    assert sync[sync.index("--extra") + 1] == "observability"
+    # Sentry (SENTRY_DSN) and S3 storage (production's default) must work in the image;
+    # the other extras are a fork's choice.
+    extras = {sync[i + 1] for i, word in enumerate(sync) if word == "--extra"}
+    assert extras == {"observability", "storage"}
     builder = next(stage for stage in PROD.stages if any("uv" in r for r in stage.all("RUN")))
     assert builder is not runtime(PROD)
     assert any("source=uv.lock" in run for run in builder.all("RUN"))
@@ -124,7 +126,7 @@ def test_every_copied_path_exists_and_is_in_the_build_context() -> None:
     "path",
     [".env", ".env.production", ".venv/bin/python", ".git/config", ".tools/bin/uv",
      "app/__pycache__/main.cpython-312.pyc", ".mypy_cache/x", ".pytest_cache/x",
-     ".secrets/jwt.pem", "certs/server.key", "app.db", "exports/report.csv"],
+     ".secrets/jwt.pem", "certs/server.key", "app.db", "storage/exports/items-1.csv"],
 )  # fmt: skip
 def test_secrets_local_state_and_caches_stay_out_of_the_build_context(path: str) -> None:
     assert is_dockerignored(path)
@@ -197,9 +199,19 @@ def test_images_python_is_supported_by_the_lock_and_every_package_has_a_wheel_fo
     for requirement in (lock["requires-python"], project["requires-python"]):
         assert SpecifierSet(requirement).contains(f"{version}.0"), requirement
     # The slim images have no compiler: a package without a matching wheel fails the build.
+    # Packages only ever required on Windows (pywin32, by a dev tool) are never installed.
+    markers: dict[str, set[str]] = {}
+    for package in lock["package"]:
+        for dependency in package.get("dependencies", []):
+            markers.setdefault(dependency["name"], set()).add(dependency.get("marker", ""))
+    windows_only = {
+        name
+        for name, found in markers.items()
+        if all("sys_platform == 'win32'" in m for m in found)
+    }
     missing = []
     for package in lock["package"]:
-        if "registry" not in package["source"]:
+        if "registry" not in package["source"] or package["name"] in windows_only:
             continue
         wheel_tags = set().union(
             *(
@@ -213,13 +225,13 @@ def test_images_python_is_supported_by_the_lock_and_every_package_has_a_wheel_fo
     assert missing == [], f"no wheel for Python {version} on Debian: {missing}"
 
 
-def test_the_default_export_dir_is_a_directory_the_app_user_owns() -> None:
+def test_the_default_storage_dir_is_a_directory_the_app_user_owns() -> None:
     stage = runtime(PROD)
     (workdir,) = stage.all("WORKDIR")
     (user,) = stage.all("USER")
     uid = PROD.expand(user).split(":")[0]
     export_dir = os.path.normpath(
-        os.path.join(workdir, Settings.model_fields["EXPORT_DIR"].default)
+        os.path.join(workdir, Settings.model_fields["STORAGE_DIR"].default)
     )
     created = [shlex.split(PROD.expand(run)) for run in stage.all("RUN")]
     assert any(

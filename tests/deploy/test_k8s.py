@@ -41,7 +41,7 @@ RESOURCES = {
 CONFIG = read_env_file(K8S / CONFIG_GENERATOR["envs"][0])
 (SECRET,) = load_yaml_documents(SECRET_EXAMPLE)
 WORKER_CHECK = ["arq", "--check", "app.jobs.worker.WorkerSettings"]
-EXPORTS_COMPONENT = K8S / "components" / "shared-exports"
+STORAGE_COMPONENT = K8S / "components" / "shared-storage"
 
 
 def resource(kind: str, component: str) -> dict[str, Any]:
@@ -253,16 +253,25 @@ def apply_json_patch(document: dict[str, Any], operations: list[dict[str, Any]])
     return patched
 
 
-def test_shared_exports_component_mounts_one_volume_at_export_dir_in_api_and_worker() -> None:
-    component = load_yaml(EXPORTS_COMPONENT / "kustomization.yaml")
+def test_shared_storage_component_mounts_one_volume_at_storage_dir_in_api_and_worker() -> None:
+    component = load_yaml(STORAGE_COMPONENT / "kustomization.yaml")
     assert component["kind"] == "Component"
     (claim,) = [doc for name in component["resources"]
-                for doc in load_yaml_documents(EXPORTS_COMPONENT / name)]  # fmt: skip
+                for doc in load_yaml_documents(STORAGE_COMPONENT / name)]  # fmt: skip
     assert claim["kind"] == "PersistentVolumeClaim"
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    # It switches the base's settings to the filesystem backend, which production then
+    # accepts, and mounts the claim at STORAGE_DIR.
+    (generator,) = component["configMapGenerator"]
+    assert (generator["name"], generator["behavior"]) == (CONFIG_GENERATOR["name"], "merge")
+    merged = CONFIG | dict(literal.split("=", 1) for literal in generator["literals"])
+    values = {**merged, **SECRET["stringData"], "SECRET_KEY": "s" * 48}
+    settings = load_settings(_env_file=None, **values)
+    assert settings.STORAGE_BACKEND == "filesystem"
+    assert settings.is_production
     (patch,) = component["patches"]
     selector = patch["target"]["labelSelector"]
-    operations = load_yaml(EXPORTS_COMPONENT / patch["path"])
+    operations = load_yaml(STORAGE_COMPONENT / patch["path"])
     patched = {}
     for (kind, name), document in RESOURCES.items():
         if kind == patch["target"]["kind"] and selects(selector, document["metadata"]["labels"]):
@@ -275,7 +284,18 @@ def test_shared_exports_component_mounts_one_volume_at_export_dir_in_api_and_wor
         spec = document["spec"]["template"]["spec"]
         volumes = {volume["name"]: volume for volume in spec["volumes"]}
         (container,) = spec["containers"]
-        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == CONFIG["EXPORT_DIR"]]
+        mounts = container["volumeMounts"]
+        (mount,) = [m for m in mounts if m["mountPath"] == str(settings.STORAGE_DIR)]
         assert volumes[mount["name"]]["persistentVolumeClaim"] == {
             "claimName": claim["metadata"]["name"]
         }
+
+
+def test_the_base_keeps_files_in_s3_without_a_volume() -> None:
+    values = {**CONFIG, **SECRET["stringData"], "SECRET_KEY": "s" * 48}
+    settings = load_settings(_env_file=None, **values)
+    assert settings.STORAGE_BACKEND == "s3"
+    assert settings.S3_BUCKET
+    for kind, component in (("Deployment", "api"), ("Deployment", "worker")):
+        mounted = {m["mountPath"] for m in only_container(kind, component)["volumeMounts"]}
+        assert mounted == {"/tmp"}, mounted

@@ -19,7 +19,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from app.core import metrics
 from app.core.config import Settings
-from tests.deploy.parsing import DOCKER, load_yaml
+from tests.deploy.parsing import DOCKER, compose_environment, load_yaml
 from tests.support import make_settings, require_program
 
 COMPOSE: dict[str, Any] = load_yaml(DOCKER / "docker-compose.yml")
@@ -102,7 +102,7 @@ def bind_mount_source(service: str, target: str) -> Path:
 
 def compose_app_settings(service: str) -> Settings:
     """The settings a compose app service runs with (metrics ports as the app defaults)."""
-    environment = dict(SERVICES[service]["environment"])
+    environment = compose_environment(SERVICES[service])
     ports = {name: Settings.model_fields[name].default
              for name in ("METRICS_PORT", "WORKER_METRICS_PORT")}  # fmt: skip
     return make_settings(environment.pop("DATABASE_URL"), **{**ports, **environment})
@@ -268,8 +268,10 @@ def test_observability_services_are_opt_in_local_only_and_pinned(service: str) -
             assert (DOCKER / source).exists(), source
 
 
-def test_only_the_observability_services_are_in_a_profile_and_metrics_stay_internal() -> None:
-    in_profiles = {name for name, spec in SERVICES.items() if "profiles" in spec}
+def test_the_observability_profile_holds_its_services_and_metrics_stay_internal() -> None:
+    in_profiles = {
+        name for name, spec in SERVICES.items() if "observability" in spec.get("profiles", ())
+    }
     assert in_profiles == set(OBSERVABILITY)
     settings = compose_app_settings("api")
     metrics_ports = {str(settings.METRICS_PORT), str(settings.WORKER_METRICS_PORT)}

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import logging
+import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
@@ -21,31 +25,44 @@ from sqlmodel import col
 from app.core.cache import BACKOFF_SECONDS, create_redis
 from app.core.config import Settings
 from app.core.db import create_session_factory, session_context
-from app.jobs.exports import export_items
+from app.integrations.storage import create_storage
+from app.jobs.exports import export_items, remove_expired_exports
 from app.jobs.purge import purge_soft_deleted
 from app.jobs.queue import JobQueue
+from app.models.attachment import ItemAttachment
 from app.models.base import utcnow
 from app.models.item import Item
 from app.resources import OwnerScope
-from app.services.item_exports import export_items_csv
+from app.services.item_exports import export_items_csv, remove_old_exports
 from app.services.items import ItemFilters
 from tests.faults import redis_server
 from tests.jobs.conftest import job_settings, relay_now, run_worker
-from tests.support import auth_headers, make_settings, running_app
+from tests.s3 import s3_overrides, stored_keys
+from tests.support import auth_headers, free_port, make_settings, running_app
 
 ITEMS = "/api/v1/items"
 
 
 @pytest.fixture
-def settings(database_url: str, redis_url: str, clean_db: None, tmp_path: Path) -> Settings:
+def settings(
+    database_url: str, redis_url: str, clean_db: None, storage_overrides: dict[str, Any]
+) -> Settings:
     # Callers here have fixed names and Redis is shared between test runs: these tests
     # are not about limits, so the export budget is out of the way.
     return job_settings(
-        database_url,
-        redis_url,
-        EXPORT_DIR=str(tmp_path / "exports"),
-        RATE_LIMIT_EXPORTS="10000/minute",
+        database_url, redis_url, RATE_LIMIT_EXPORTS="10000/minute", **storage_overrides
     )
+
+
+async def fetch_download(client: AsyncClient, url: str, headers: dict[str, str]) -> httpx.Response:
+    """GET a download route as a browser would: following a redirect to a presigned
+    URL with a plain client (no credentials), as S3 storage answers."""
+    response = await client.get(url, headers=headers)
+    if response.status_code != 307:
+        return response
+    assert response.headers["cache-control"] == "private, no-store"
+    async with httpx.AsyncClient() as plain:
+        return await plain.get(response.headers["location"])
 
 
 @pytest.fixture
@@ -55,6 +72,11 @@ async def client(settings: Settings) -> AsyncIterator[AsyncClient]:
 
 
 RUN = uuid.uuid4().hex[:8]
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
 
 
 def caller(settings: Settings, sub: str, tenant: str | None = "acme") -> dict[str, str]:
@@ -70,7 +92,7 @@ async def add(client: AsyncClient, headers: dict[str, str], title: str, **fields
 
 
 async def test_export_writes_the_callers_filtered_items_as_csv(
-    client: AsyncClient, settings: Settings
+    client: AsyncClient, settings: Settings, storage_overrides: dict[str, Any]
 ) -> None:
     alice = caller(settings, "alice")
     wanted = {
@@ -94,17 +116,18 @@ async def test_export_writes_the_callers_filtered_items_as_csv(
     status = (await client.get(f"/api/v1/jobs/{job_id}", headers=alice)).json()
     assert status["status"] == "complete"
     assert status["result"]["rows"] == 2
-    download = await client.get(status["result"]["download_url"], headers=alice)
-    assert download.status_code == 200
-    assert download.headers["content-type"].startswith("text/csv")
-    rows = list(csv.DictReader(io.StringIO(download.text)))
+    csv_file = await fetch_download(client, status["result"]["download_url"], alice)
+    assert csv_file.status_code == 200
+    assert csv_file.headers["content-type"].startswith("text/csv")
+    assert f'filename="items-{job_id}.csv"' in csv_file.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(csv_file.text)))
     assert {row["id"] for row in rows} == wanted
     assert sorted(row["title"] for row in rows) == ["'=HYPERLINK(evil)", "plain"]
     assert {row["status"] for row in rows} == {"active"}
     assert {row["tags"] for row in rows} == {"x;y", ""}
     assert {row["description"] for row in rows} == {"", 'two\nlines, quoted "'}
-    files = await asyncio.to_thread(lambda: sorted(p.name for p in settings.EXPORT_DIR.iterdir()))
-    assert files == [f"items-{job_id}.csv"]  # no partial file left next to it
+    # Stored where the download found it, and no partial file next to it.
+    assert await stored_keys(storage_overrides) == [f"exports/items-{job_id}.csv"]
 
 
 async def test_only_the_caller_who_asked_sees_the_export(
@@ -155,20 +178,71 @@ async def test_bad_export_filters_are_422(
 
 
 async def test_a_failed_export_leaves_no_file_behind(
-    db_engine: AsyncEngine, tmp_path: Path
+    db_engine: AsyncEngine, storage_overrides: dict[str, Any]
 ) -> None:
-    path = tmp_path / "out" / "items-job.csv"
     scope = OwnerScope("acme", "local", "alice")
-    # The query fails once the file is open: naive datetimes are refused by the column type.
+    # The first query fails (the column type refuses naive datetimes) after the CSV
+    # header has gone to storage: the file is never completed, so none appears.
+    # (A source failing after several S3 parts: tests/integrations/test_storage.py.)
     broken = ItemFilters(created_after=datetime(2024, 1, 1))
+    storage = await create_storage(Settings(_env_file=None, **storage_overrides))
+    try:
+        with pytest.raises(StatementError):
+            async with session_context(create_session_factory(db_engine)) as session:
+                await export_items_csv(session, scope, broken, storage, "exports/items-job.csv")
+    finally:
+        await storage.aclose()
+    assert await stored_keys(storage_overrides) == []
 
-    async def export() -> None:
-        async with session_context(create_session_factory(db_engine)) as session:
-            await export_items_csv(session, scope, broken, path)
 
-    with pytest.raises(StatementError):
-        await export()
-    assert await asyncio.to_thread(lambda: list(path.parent.iterdir())) == []
+async def test_expired_exports_are_removed_from_storage(
+    client: AsyncClient, settings: Settings, storage_overrides: dict[str, Any]
+) -> None:
+    alice = caller(settings, "alice")
+    await add(client, alice, "one")
+    job_id = (await client.post(f"{ITEMS}/exports", headers=alice)).json()["job_id"]
+    await run_worker(settings, [export_items])
+    url = f"{ITEMS}/exports/{job_id}/download"
+    assert (await fetch_download(client, url, alice)).status_code == 200
+    storage = await create_storage(settings)
+    try:
+        await storage.put("exports/other.txt", chunks(b"kept"), content_type="text/plain")
+        await storage.put("attachments/a/b", chunks(b"not an export"), content_type="x/y")
+        keep = timedelta(seconds=settings.JOB_KEEP_RESULT)
+        assert await remove_old_exports(storage, keep, utcnow()) == 0  # not old yet
+        later = utcnow() + keep + timedelta(seconds=5)
+        assert await remove_old_exports(storage, keep, later) == 2
+    finally:
+        await storage.aclose()
+    assert await stored_keys(storage_overrides) == ["attachments/a/b"]
+    expired = await client.get(url, headers=alice)
+    assert expired.status_code == 404
+    assert expired.json()["error"]["message"] == "The export file has expired."
+
+
+async def test_the_clean_up_cron_removes_exports_past_their_results_lifetime(
+    database_url: str, redis_url: str, clean_db: None, tmp_path: Path
+) -> None:
+    settings = job_settings(database_url, redis_url, STORAGE_DIR=str(tmp_path / "files"))
+    exports = tmp_path / "files" / "exports"
+    await asyncio.to_thread(exports.mkdir, parents=True)
+    old, new = exports / "items-old.csv", exports / "items-new.csv"
+    for path in (old, new):
+        await asyncio.to_thread(path.write_text, "id\n")
+    past = time.time() - settings.JOB_KEEP_RESULT - 60
+    await asyncio.to_thread(os.utime, old, (past, past))
+    redis = create_redis(settings)
+    assert redis is not None
+    try:
+        queue = JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME)
+        await queue.enqueue(remove_expired_exports)
+        worker = await run_worker(settings, [remove_expired_exports])
+    finally:
+        await redis.aclose()
+    assert worker.jobs_complete == 1
+    assert await asyncio.to_thread(lambda: sorted(p.name for p in exports.iterdir())) == [
+        "items-new.csv"
+    ]
 
 
 async def test_export_without_a_job_queue_is_a_503(database_url: str, clean_db: None) -> None:
@@ -185,7 +259,7 @@ async def test_an_export_accepted_while_redis_is_down_runs_once_redis_is_back(
     database_url: str, clean_db: None, db_engine: AsyncEngine, tmp_path: Path
 ) -> None:
     async with redis_server() as redis:
-        settings = job_settings(database_url, redis.url, EXPORT_DIR=str(tmp_path / "exports"))
+        settings = job_settings(database_url, redis.url, STORAGE_DIR=str(tmp_path / "files"))
         async with running_app(settings) as (_, client):
             alice, bob = caller(settings, "alice"), caller(settings, "bob")
             await add(client, alice, "kept safe")
@@ -245,3 +319,45 @@ async def test_purge_removes_exactly_the_expired_soft_deleted_items(
     async with db_engine.connect() as conn:
         remaining = set((await conn.execute(select(col(Item.id)))).scalars())
     assert remaining == {uuid.UUID(recent), uuid.UUID(live)}
+
+
+async def test_purge_keeps_items_whose_files_cannot_be_deleted_and_purges_the_rest(
+    database_url: str,
+    redis_url: str,
+    clean_db: None,
+    db_engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    settings = job_settings(
+        database_url, redis_url, S3_TIMEOUT=0.5, **s3_overrides(closed, "files")
+    )
+    async with running_app(settings) as (_, client):
+        alice = caller(settings, "alice")
+        item_id = uuid.UUID(await add(client, alice, "with a file"))
+        assert (await client.delete(f"{ITEMS}/{item_id}", headers=alice)).status_code == 204
+    old = utcnow() - timedelta(days=settings.SOFT_DELETE_RETENTION_DAYS + 1)
+    async with db_engine.begin() as conn:
+        await conn.execute(update(Item).where(col(Item.id) == item_id).values(deleted_at=old))
+        await conn.execute(
+            insert(ItemAttachment).values(
+                id=uuid.uuid4(), item_id=item_id, filename="a.png",
+                content_type="image/png", size_bytes=1,
+            )
+        )  # fmt: skip
+    redis = create_redis(settings)
+    assert redis is not None
+    try:
+        queue = JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME)
+        await queue.enqueue(purge_soft_deleted)
+        with caplog.at_level(logging.INFO, "app.jobs.purge"):
+            worker = await run_worker(settings, [purge_soft_deleted])
+    finally:
+        await redis.aclose()
+    assert worker.jobs_complete == 1
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("not purging items this run") for m in messages)
+    assert "purged 0 expired idempotency records" in messages  # the rest went on
+    async with db_engine.connect() as conn:
+        assert list((await conn.execute(select(col(Item.id)))).scalars()) == [item_id]
+        assert len((await conn.execute(select(col(ItemAttachment.id)))).all()) == 1

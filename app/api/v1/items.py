@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 
 from app.api.deps import (
     ActiveAccount,
@@ -20,8 +19,10 @@ from app.api.deps import (
     ReadConnectionDep,
     SessionDep,
     SettingsDep,
+    StorageDep,
     job_owner,
 )
+from app.api.files import download_responses, file_download
 from app.api.idempotency import IdempotencyDep
 from app.api.openapi import ETAG, LOCATION, REPLAYED, errors, success
 from app.api.preconditions import IfMatch
@@ -35,15 +36,11 @@ from app.schemas.common import Page
 from app.schemas.item import ItemCreate, ItemExportParams, ItemListParams, ItemRead, ItemUpdate
 from app.schemas.job import JobAccepted
 from app.services import items as service
-from app.services.item_exports import export_path
+from app.services.item_exports import CONTENT_TYPE, export_key
 
 router = APIRouter(prefix="/items", tags=["items"], dependencies=[ActiveAccount])
 limit_writes = rate_limit(scope="items:write")  # RATE_LIMIT_ITEM_WRITES
 limit_exports = rate_limit(scope="items:export")  # RATE_LIMIT_EXPORTS
-
-_DOWNLOAD: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/csv": {}}, "description": "The export, as CSV."},
-}
 
 
 @router.post(
@@ -114,16 +111,18 @@ async def export_items_csv(
 
 @router.get(
     "/exports/{job_id}/download",
-    response_class=FileResponse,
-    responses=_DOWNLOAD | errors(404, 409),
+    response_class=Response,
+    responses=download_responses("text/csv") | errors(404, 409),
 )
 async def download_export(
     job_id: str,
     principal: CurrentPrincipal,
     statuses: JobStatusDep,
+    storage: StorageDep,
     settings: SettingsDep,
-) -> FileResponse:
-    """Download a finished export (only the caller who asked for it can)."""
+) -> Response:
+    """Download a finished export (only the caller who asked for it can): a `307` to a
+    short-lived URL (S3), or the file streamed (filesystem)."""
     info = await statuses.for_owner(job_id, job_owner(principal))
     if info is None or info.function != export_items.name:
         raise NotFoundError("Export not found.")
@@ -131,10 +130,14 @@ async def download_export(
         raise ConflictError("The export failed; start a new one.")
     if info.state is not JobState.COMPLETE:
         raise ConflictError("The export has not finished yet; poll its status URL.")
-    path = export_path(settings.EXPORT_DIR, job_id)
-    if not await asyncio.to_thread(path.is_file):
-        raise NotFoundError("The export file has expired.")
-    return FileResponse(path, media_type="text/csv", filename=f"items-{job_id}.csv")
+    return await file_download(
+        storage,
+        export_key(job_id),
+        filename=f"items-{job_id}.csv",
+        media_type=CONTENT_TYPE,
+        url_ttl=settings.STORAGE_URL_TTL,
+        missing="The export file has expired.",
+    )
 
 
 @router.get(

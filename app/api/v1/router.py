@@ -6,12 +6,13 @@ router: every level of nested routers is another match step on every request.
 
 from fastapi import APIRouter
 
-from app.api.v1 import items, jobs, users
+from app.api.v1 import attachments, items, jobs, users
 from app.api.v1.public import health
 
 ROUTERS: tuple[tuple[APIRouter, str], ...] = (
     (health.router, "/public"),
     (users.router, ""),
     (items.router, ""),
+    (attachments.router, ""),
     (jobs.router, ""),
 )

@@ -1,0 +1,77 @@
+"""Responses that hand a stored file to the client.
+
+With a backend that makes presigned URLs (S3), the API answers `307` to a URL valid
+for `STORAGE_URL_TTL` seconds and the bytes go straight from the bucket to the client;
+otherwise the file is streamed through the API in chunks, never read whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from app.core.exceptions import NotFoundError
+from app.integrations.storage import (
+    ObjectNotFoundError,
+    Storage,
+    StoredObject,
+    content_disposition,
+)
+
+# Neither the redirect (its URL expires) nor a private file may be cached on the way.
+_NO_STORE = {"Cache-Control": "private, no-store"}
+
+
+def download_responses(media_type: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a download route."""
+    return {
+        200: {"content": {media_type: {}}, "description": "The file (streamed)."},
+        307: {"description": "A redirect to a short-lived URL of the file."},
+    }
+
+
+async def file_download(
+    storage: Storage,
+    key: str,
+    *,
+    filename: str,
+    media_type: str,
+    url_ttl: int,
+    missing: str,
+) -> Response:
+    """The file under `key` as a download named `filename`; 404 with `missing` as the
+    message if there is none."""
+    if storage.supports_presigned_urls:
+        if not await storage.exists(key):
+            raise NotFoundError(missing)
+        url = await storage.presigned_url(
+            key, expires_in=url_ttl, filename=filename, content_type=media_type
+        )
+        return RedirectResponse(url, status_code=307, headers=_NO_STORE)
+    try:
+        stored = await storage.open(key)
+    except ObjectNotFoundError:
+        raise NotFoundError(missing) from None
+    headers = {
+        **_NO_STORE,
+        "Content-Disposition": content_disposition(filename),
+        "Content-Length": str(stored.size),
+    }
+    return _StoredObjectResponse(stored, media_type=media_type, headers=headers)
+
+
+class _StoredObjectResponse(StreamingResponse):
+    """The object's chunks as the body; the object is closed however the response
+    ends (sent, client gone, or failed before the first byte)."""
+
+    def __init__(self, stored: StoredObject, **options: Any) -> None:
+        super().__init__(aiter(stored), **options)
+        self._stored = stored
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._stored.aclose()
