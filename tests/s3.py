@@ -114,3 +114,17 @@ async def stored_keys(overrides: dict[str, Any], prefix: str = "") -> list[str]:
         return sorted(key for key in keys if key.startswith(prefix))
 
     return await asyncio.to_thread(walk)
+
+
+async def fetch_download(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str]
+) -> httpx.Response:
+    """GET a download route as a browser would: following the S3 backend's redirect to
+    a presigned URL with a plain client (no credentials); the filesystem backend's
+    answer as it is."""
+    response = await client.get(url, headers=headers)
+    if response.status_code != 307:
+        return response
+    assert response.headers["cache-control"] == "private, no-store"
+    async with httpx.AsyncClient() as plain:
+        return await plain.get(response.headers["location"])

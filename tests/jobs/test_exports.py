@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from httpx import AsyncClient
 from sqlalchemy import insert, select, update
@@ -37,7 +36,7 @@ from app.services.item_exports import export_items_csv, remove_old_exports
 from app.services.items import ItemFilters
 from tests.faults import redis_server
 from tests.jobs.conftest import job_settings, relay_now, run_worker
-from tests.s3 import s3_overrides, stored_keys
+from tests.s3 import fetch_download, s3_overrides, stored_keys
 from tests.support import auth_headers, free_port, make_settings, running_app
 
 ITEMS = "/api/v1/items"
@@ -52,17 +51,6 @@ def settings(
     return job_settings(
         database_url, redis_url, RATE_LIMIT_EXPORTS="10000/minute", **storage_overrides
     )
-
-
-async def fetch_download(client: AsyncClient, url: str, headers: dict[str, str]) -> httpx.Response:
-    """GET a download route as a browser would: following a redirect to a presigned
-    URL with a plain client (no credentials), as S3 storage answers."""
-    response = await client.get(url, headers=headers)
-    if response.status_code != 307:
-        return response
-    assert response.headers["cache-control"] == "private, no-store"
-    async with httpx.AsyncClient() as plain:
-        return await plain.get(response.headers["location"])
 
 
 @pytest.fixture

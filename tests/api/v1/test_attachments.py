@@ -27,7 +27,7 @@ from app.models.base import utcnow
 from app.models.item import Item
 from app.services import attachments as service
 from app.services.attachments import purge_attachments
-from tests.s3 import s3_overrides, stored_keys
+from tests.s3 import fetch_download, s3_overrides, stored_keys
 from tests.support import (
     WithLifespanState,
     auth_headers,
@@ -80,16 +80,6 @@ async def upload(
     )
 
 
-async def fetch(client: AsyncClient, url: str, headers: dict[str, str]) -> httpx.Response:
-    """GET a download as a browser would, following S3's redirect with a plain client."""
-    response = await client.get(url, headers=headers)
-    if response.status_code != 307:
-        return response
-    assert response.headers["cache-control"] == "private, no-store"
-    async with httpx.AsyncClient() as plain:
-        return await plain.get(response.headers["location"])
-
-
 async def test_an_uploaded_file_is_listed_downloaded_and_deleted(
     client: AsyncClient, settings: Settings, storage_overrides: dict[str, Any]
 ) -> None:
@@ -111,7 +101,7 @@ async def test_an_uploaded_file_is_listed_downloaded_and_deleted(
     assert listed.status_code == 200
     assert listed.json() == [attachment]
 
-    file = await fetch(client, location, alice)
+    file = await fetch_download(client, location, alice)
     assert file.status_code == 200
     assert file.content == PNG
     assert file.headers["content-type"] == "image/png"
@@ -120,7 +110,7 @@ async def test_an_uploaded_file_is_listed_downloaded_and_deleted(
 
     # Anyone in the tenant reaches it; it is the item's, not the uploader's.
     colleague = caller(settings, "bob")
-    assert (await fetch(client, location, colleague)).content == PNG
+    assert (await fetch_download(client, location, colleague)).content == PNG
 
     deleted = await client.delete(location, headers=colleague)
     assert deleted.status_code == 204
@@ -146,7 +136,7 @@ async def test_another_tenant_cannot_reach_the_item_or_its_files(
         assert response.status_code == 404, response.text
         assert response.json()["error"]["code"] == "not_found"
     assert len(await stored_keys(storage_overrides)) == 1
-    assert (await fetch(client, location, alice)).content == PNG
+    assert (await fetch_download(client, location, alice)).content == PNG
 
 
 async def test_a_hostile_filename_is_only_a_label(
@@ -161,7 +151,7 @@ async def test_a_hostile_filename_is_only_a_label(
     assert name == 'passwdSet-Cookie: x=1"quoted".png'
     (key,) = await stored_keys(storage_overrides)
     assert re.fullmatch(r"attachments/[0-9a-f]{32}/[0-9a-f]{32}", key)
-    file = await fetch(client, response.headers["location"], alice)
+    file = await fetch_download(client, response.headers["location"], alice)
     assert file.status_code == 200
     disposition = file.headers["content-disposition"]
     assert "\r" not in disposition
@@ -262,7 +252,7 @@ async def test_unknown_items_and_attachments_are_404(
     assert (await client.delete(f"{ITEMS}/{item_id}", headers=alice)).status_code == 204
     assert (await client.get(location, headers=alice)).status_code == 404
     assert (await client.post(f"{ITEMS}/{item_id}/restore", headers=alice)).status_code == 200
-    assert (await fetch(client, location, alice)).content == PNG
+    assert (await fetch_download(client, location, alice)).content == PNG
 
 
 async def test_a_slow_upload_holds_no_database_connection(
