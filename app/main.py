@@ -41,6 +41,7 @@ from app.core.pagination import CursorCodec
 from app.core.proxies import TrustedProxies
 from app.core.ratelimit import RateLimiter
 from app.core.security import TokenVerifier
+from app.integrations.email import require_email_extra
 from app.integrations.storage import (
     Storage,
     check_at_startup,
@@ -200,6 +201,7 @@ def create_app(
     settings = settings or get_settings()
     if settings.STORAGE_BACKEND == "s3":
         require_storage_extra()
+    require_email_extra(settings)
     setup_logging(settings.LOG_LEVEL, settings.log_format)
     init_error_reporting(settings, component="api")
     owns_tracer_provider = tracer_provider is None

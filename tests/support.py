@@ -98,14 +98,15 @@ def local_public_key() -> str:
 
 
 def production_config() -> dict[str, str]:
-    """Production-valid identity provider and file storage settings that need no
-    network (Clerk with a PEM key; a directory, explicitly allowed)."""
+    """Production-valid identity provider, file storage and mail settings that need no
+    network (Clerk with a PEM key; a directory, explicitly allowed; no mail)."""
     return {
         "AUTH_PROVIDER": "clerk",
         "CLERK_ISSUER": "https://clerk.example.com",
         "CLERK_JWT_KEY": local_public_key(),
         "CLERK_AUTHORIZED_PARTIES": "https://app.example.com",
         "STORAGE_FILESYSTEM_IN_PRODUCTION": "true",
+        "EMAIL_BACKEND": "none",
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from email.utils import parseaddr
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -54,6 +55,8 @@ MIN_HMAC_SECRET_BYTES = 32
 # Content types an upload may have: each is recognised from its first bytes
 # (app/services/uploads.py), so a declared type is checked against the content.
 UPLOAD_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf")
+# A plausible mail address (the worker validates fully, with the `email` extra).
+_ADDRESS = re.compile(r"[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+")
 # S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 
@@ -158,6 +161,23 @@ class Settings(BaseSettings):
     UPLOAD_ALLOWED_TYPES: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(UPLOAD_TYPES)
     )
+
+    # Mail, sent by the `send_email` job (the `email` extra): logged to the console (the
+    # development default), sent over SMTP, or off. Production refuses the console
+    # unless explicitly allowed.
+    EMAIL_BACKEND: Literal["console", "smtp", "none"] = "console"
+    EMAIL_FROM: str = "FastAPI Template <noreply@example.com>"
+    EMAIL_CONSOLE_IN_PRODUCTION: bool = False
+    SMTP_HOST: str = "localhost"
+    SMTP_PORT: int = Field(default=587, ge=1, le=65_535)
+    SMTP_USERNAME: str = ""
+    SMTP_PASSWORD: SecretStr | None = None
+    SMTP_STARTTLS: bool = True
+    SMTP_TLS: bool = False
+    SMTP_TIMEOUT: float = Field(default=10.0, gt=0, le=300)
+    SMTP_CA_FILE: str = ""
+    # Where clients reach the API: the base of links in mail (no trailing slash).
+    PUBLIC_BASE_URL: str = "http://127.0.0.1:8000"
 
     RATE_LIMIT_DEFAULT: str = "100/minute"
     RATE_LIMIT_ITEM_WRITES: str = "60/minute"
@@ -289,6 +309,40 @@ class Settings(BaseSettings):
                 "must not carry credentials (use S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY)"
             )
         return _check_url(value).rstrip("/")
+
+    @field_validator("PUBLIC_BASE_URL")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be the http(s) URL clients reach the API at")
+        return _check_url(value).rstrip("/")
+
+    @field_validator("EMAIL_FROM")
+    @classmethod
+    def _check_sender(cls, value: str) -> str:
+        address = parseaddr(value)[1]
+        if "\r" in value or "\n" in value or not _ADDRESS.fullmatch(address):
+            raise ValueError(
+                "must be an address, with or without a display name: "
+                "noreply@example.com or Example <noreply@example.com>"
+            )
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_smtp(self) -> Self:
+        if self.SMTP_TLS and self.SMTP_STARTTLS:
+            raise ValueError(
+                "SMTP_TLS (implicit TLS, usually port 465) and SMTP_STARTTLS (usually "
+                "port 587) exclude each other: set one of them to false"
+            )
+        if bool(self.SMTP_USERNAME) != (self.SMTP_PASSWORD is not None):
+            raise ValueError("set both SMTP_USERNAME and SMTP_PASSWORD, or neither")
+        if self.SMTP_USERNAME and not (self.SMTP_TLS or self.SMTP_STARTTLS):
+            raise ValueError(
+                "SMTP_USERNAME needs SMTP_STARTTLS=true or SMTP_TLS=true: the password "
+                "would otherwise cross the network in the clear"
+            )
+        return self
 
     @field_validator("UPLOAD_ALLOWED_TYPES")
     @classmethod
@@ -429,6 +483,13 @@ class Settings(BaseSettings):
         if self.is_sqlite:
             problems.append("DATABASE_URL must point at PostgreSQL, not SQLite")
         problems.extend(self._auth_production_problems())
+        if self.EMAIL_BACKEND == "console" and not self.EMAIL_CONSOLE_IN_PRODUCTION:
+            problems.append(
+                "EMAIL_BACKEND=console only logs mail; use smtp (or none), or set "
+                "EMAIL_CONSOLE_IN_PRODUCTION=true"
+            )
+        if self.EMAIL_BACKEND == "smtp" and not (self.SMTP_TLS or self.SMTP_STARTTLS):
+            problems.append("SMTP needs SMTP_STARTTLS=true or SMTP_TLS=true (no plain-text mail)")
         if self.STORAGE_BACKEND == "filesystem" and not self.STORAGE_FILESYSTEM_IN_PRODUCTION:
             problems.append(
                 "STORAGE_BACKEND=filesystem keeps files on one host's disk; use s3, or set "

@@ -14,6 +14,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from app.jobs.email import queue_email
 from app.jobs.registry import JobContext, job
 from app.models.base import utcnow
 from app.models.item import ItemStatus
@@ -51,7 +52,38 @@ async def export_items(
     rows = await export_items_csv(ctx.session, item_scope, _filters(filters), ctx.storage, key)
     logger.info("exported %d items to %s", rows, key, extra={"job_id": ctx.job_id})
     download = f"{ctx.settings.API_V1_STR}/items/exports/{ctx.job_id}/download"
+    email = scope.get("email")
+    if email and ctx.mailer is not None:
+        await _mail_export_ready(ctx, email, rows, ctx.settings.PUBLIC_BASE_URL + download)
     return {"rows": rows, "download_url": download}
+
+
+def _duration(seconds: int) -> str:
+    """`24 hours`, `90 minutes`, `1 minute`."""
+    hours, minutes = divmod(seconds // 60, 60)
+    count, unit = (hours, "hour") if hours and not minutes else (seconds // 60, "minute")
+    return f"{count} {unit}{'' if count == 1 else 's'}"
+
+
+async def _mail_export_ready(ctx: JobContext, email: str, rows: int, url: str) -> None:
+    """Tell the caller by mail (sent once this job's transaction commits). A token's
+    email that is no address costs the mail, not the export."""
+    context = {
+        "rows": rows,
+        "download_url": url,
+        "valid_for": _duration(ctx.settings.JOB_KEEP_RESULT),
+    }
+    try:
+        # Keyed by the export: an export run twice mails twice under one Message-ID.
+        await queue_email(
+            ctx.jobs,
+            to=email,
+            template="export_ready",
+            context=context,
+            key=f"export-{ctx.job_id}",
+        )
+    except ValueError as exc:
+        logger.warning("not mailing the export: %s", exc, extra={"job_id": ctx.job_id})
 
 
 @job(name="remove_old_exports", max_tries=1)

@@ -34,6 +34,7 @@ from app.core.db import SessionFactory, session_context
 from app.core.error_reporting import report_exception
 from app.core.logging import request_id_var
 from app.core.tracing import job_span
+from app.integrations.email import Mailer
 from app.integrations.storage import Storage
 from app.jobs.enqueue import Jobs
 from app.jobs.queue import META_KWARG
@@ -66,6 +67,7 @@ class JobContext:
     cache: Cache
     jobs: Jobs  # follow-up jobs leave after `session` commits
     storage: Storage
+    mailer: Mailer | None  # None with EMAIL_BACKEND=none
 
 
 class JobFunction(Generic[P, R]):
@@ -171,6 +173,7 @@ class JobFunction(Generic[P, R]):
                     cache=ctx["cache"],
                     jobs=Jobs(ctx["job_queue"], session),
                     storage=ctx["storage"],
+                    mailer=ctx.get("mailer"),
                 )
                 return await self.function(job_ctx, *args, **kwargs)
         except (Retry, PermanentJobError):

@@ -29,7 +29,9 @@ from app.core.db import create_engine, create_session_factory
 from app.core.error_reporting import init_error_reporting
 from app.core.logging import setup_logging
 from app.core.metrics import start_metrics_server
+from app.integrations.email import create_mailer, require_email_extra
 from app.integrations.storage import check_at_startup, create_storage, require_storage_extra
+from app.jobs.email import send_email
 from app.jobs.exports import export_items, remove_expired_exports
 from app.jobs.outbox import relay_outbox
 from app.jobs.purge import purge_soft_deleted
@@ -54,7 +56,7 @@ async def relay_job_outbox(ctx: JobContext) -> int:
 
 
 # Every job the worker runs. Add yours here.
-FUNCTIONS: tuple[JobFunction[..., Any], ...] = (export_items,)
+FUNCTIONS: tuple[JobFunction[..., Any], ...] = (export_items, send_email)
 # (job, schedule) pairs; the schedule is in the worker's local time zone. arq runs each
 # slot once however many workers there are.
 CRON_JOBS: tuple[tuple[JobFunction[..., Any], dict[str, Any]], ...] = (
@@ -105,6 +107,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         cache=Cache(redis, breaker=breaker),
         job_queue=JobQueue(ctx["redis"], queue_name=settings.JOBS_QUEUE_NAME, breaker=breaker),
     )
+    ctx["mailer"] = await asyncio.to_thread(create_mailer, settings)  # may read a CA file
     ctx["storage"] = await create_storage(settings)
     await check_at_startup(ctx["storage"], settings.HEALTH_CHECK_TIMEOUT)
     if settings.WORKER_METRICS_PORT:
@@ -138,6 +141,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["app_redis"].aclose()
     if ctx.get("storage") is not None:
         await ctx["storage"].aclose()
+    if ctx.get("mailer") is not None:
+        await ctx["mailer"].aclose()
     if "engine" in ctx:
         await ctx["engine"].dispose()
     if ctx.get("owns_tracer_provider"):
@@ -174,6 +179,7 @@ def build_worker_settings(settings: Settings) -> type:
     """The class arq's CLI reads its options from."""
     if settings.STORAGE_BACKEND == "s3":
         require_storage_extra()
+    require_email_extra(settings)
     return type("WorkerSettings", (), worker_options(settings))
 
 

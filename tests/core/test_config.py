@@ -10,7 +10,7 @@ SQLITE = "sqlite+aiosqlite:///./test.db"
 STRONG_SECRET = "x" * 48
 PG = "postgresql+asyncpg://app@db/app"
 PROD_AUTH = {"AUTH_PROVIDER": "oidc", "OIDC_ISSUER": "https://id.example/", "OIDC_AUDIENCE": "api"}
-PROD_STORAGE = {"STORAGE_BACKEND": "s3", "S3_BUCKET": "app-files"}
+PROD_STORAGE = {"STORAGE_BACKEND": "s3", "S3_BUCKET": "app-files", "EMAIL_BACKEND": "none"}
 SAFE_PROD = {"DATABASE_URL": PG, "SECRET_KEY": STRONG_SECRET, **PROD_AUTH, **PROD_STORAGE}
 
 

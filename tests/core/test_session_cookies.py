@@ -82,6 +82,7 @@ def test_production_refuses_clerk_without_authorized_parties() -> None:
         "CLERK_ISSUER": "https://clerk.example.com",
         "CLERK_JWT_KEY": local_public_key(),
         "STORAGE_FILESYSTEM_IN_PRODUCTION": "true",
+        "EMAIL_BACKEND": "none",
     }
     with pytest.raises(ConfigError, match="CLERK_AUTHORIZED_PARTIES"):
         load_settings(_env_file=None, **values)

@@ -48,10 +48,10 @@ def uv_sync_commands(dockerfile: Dockerfile) -> list[list[str]]:
 def test_production_image_installs_exactly_the_lockfile_in_a_builder_stage() -> None:
     (sync,) = uv_sync_commands(PROD)
     assert {"--frozen", "--no-dev"} <= set(sync)
-    # Sentry (SENTRY_DSN) and S3 storage (production's default) must work in the image;
-    # the other extras are a fork's choice.
+    # Sentry (SENTRY_DSN), S3 storage and SMTP mail (the Kubernetes config's choices)
+    # must work in the image; the other extras are a fork's choice.
     extras = {sync[i + 1] for i, word in enumerate(sync) if word == "--extra"}
-    assert extras == {"observability", "storage"}
+    assert extras == {"observability", "storage", "email"}
     builder = next(stage for stage in PROD.stages if any("uv" in r for r in stage.all("RUN")))
     assert builder is not runtime(PROD)
     assert any("source=uv.lock" in run for run in builder.all("RUN"))

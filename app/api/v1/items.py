@@ -101,6 +101,7 @@ async def export_items_csv(
         "tenant_id": principal.tenant_id,
         "issuer": principal.issuer,
         "subject": principal.subject,
+        "email": principal.email,  # told by mail when it is ready, if mail is on
     }
     filters = body.model_dump(mode="json")
     job_id = await jobs.enqueue(export_items, scope, filters, _owner=job_owner(principal))
