@@ -15,7 +15,7 @@ IMAGE ?= fastapi-template:latest
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: help venv install dev worker worker-check up down logs image secret rename resource migrate prestart token test coverage lint format hooks openapi bench
+.PHONY: help venv install dev worker worker-check up down logs image secret rename resource migrate prestart webhooks-replay token test coverage lint format hooks openapi bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -86,6 +86,9 @@ endif
 
 prestart: install ## Wait for the database (bounded retries), then apply migrations
 	$(RUN) python -m scripts.prestart $(ARGS)
+
+webhooks-replay: install ## Re-run stored webhook events: ARGS="--failed", "--stuck" or "evt_..."
+	$(RUN) python -m scripts.replay_webhooks $(ARGS)
 
 token: install ## Print a local-provider token: make token sub=alice email=a@x.io roles=admin tenant=acme
 	@$(RUN) python -m scripts.local_token --sub "$(sub)" --email "$(email)" --roles "$(roles)" --tenant "$(tenant)" --name "$(name)" --ttl "$(or $(ttl),0)"

@@ -42,6 +42,7 @@ from app.core.proxies import TrustedProxies
 from app.core.ratelimit import RateLimiter
 from app.core.security import TokenVerifier
 from app.integrations.email import require_email_extra
+from app.integrations.payments import require_payments_extra
 from app.integrations.storage import (
     Storage,
     check_at_startup,
@@ -202,6 +203,7 @@ def create_app(
     if settings.STORAGE_BACKEND == "s3":
         require_storage_extra()
     require_email_extra(settings)
+    require_payments_extra(settings)
     setup_logging(settings.LOG_LEVEL, settings.log_format)
     init_error_reporting(settings, component="api")
     owns_tracer_provider = tracer_provider is None

@@ -25,6 +25,7 @@ from app.schemas.common import ErrorResponse
 
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
 DESCRIPTIONS = {
+    400: "The request could not be verified or understood.",
     401: "Missing, invalid or expired token.",
     403: "Not allowed: the account is deactivated, or a role is missing.",
     404: "Not found in the caller's scope.",

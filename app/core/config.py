@@ -179,6 +179,12 @@ class Settings(BaseSettings):
     # Where clients reach the API: the base of links in mail (no trailing slash).
     PUBLIC_BASE_URL: str = "http://127.0.0.1:8000"
 
+    # Stripe (the `payments` extra): the API key for handlers that call Stripe, and the
+    # webhook signing secrets (a comma list: old and new during a rotation).
+    STRIPE_API_KEY: SecretStr | None = None
+    STRIPE_WEBHOOK_SECRET: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    STRIPE_WEBHOOK_TOLERANCE: int = Field(default=300, ge=1, le=3600)
+
     RATE_LIMIT_DEFAULT: str = "100/minute"
     RATE_LIMIT_ITEM_WRITES: str = "60/minute"
     RATE_LIMIT_EXPORTS: str = "5/minute"
@@ -246,6 +252,7 @@ class Settings(BaseSettings):
         "OIDC_AUDIENCE",
         "OIDC_ALGORITHMS",
         "UPLOAD_ALLOWED_TYPES",
+        "STRIPE_WEBHOOK_SECRET",
         mode="before",
     )
     @classmethod
@@ -309,6 +316,14 @@ class Settings(BaseSettings):
                 "must not carry credentials (use S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY)"
             )
         return _check_url(value).rstrip("/")
+
+    @field_validator("STRIPE_WEBHOOK_SECRET")
+    @classmethod
+    def _check_webhook_secrets(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for secret in value:
+            if not secret.get_secret_value().startswith("whsec_"):
+                raise ValueError("each secret starts with whsec_ (the endpoint's signing secret)")
+        return value
 
     @field_validator("PUBLIC_BASE_URL")
     @classmethod

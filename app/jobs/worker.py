@@ -30,6 +30,7 @@ from app.core.error_reporting import init_error_reporting
 from app.core.logging import setup_logging
 from app.core.metrics import start_metrics_server
 from app.integrations.email import create_mailer, require_email_extra
+from app.integrations.payments import require_payments_extra
 from app.integrations.storage import check_at_startup, create_storage, require_storage_extra
 from app.jobs.email import send_email
 from app.jobs.exports import export_items, remove_expired_exports
@@ -38,6 +39,7 @@ from app.jobs.purge import purge_soft_deleted
 from app.jobs.queue import JobQueue
 from app.jobs.registry import JobContext, JobFunction, job
 from app.jobs.serialization import job_deserializer, job_serializer
+from app.jobs.webhooks import process_webhook_event
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -56,7 +58,7 @@ async def relay_job_outbox(ctx: JobContext) -> int:
 
 
 # Every job the worker runs. Add yours here.
-FUNCTIONS: tuple[JobFunction[..., Any], ...] = (export_items, send_email)
+FUNCTIONS: tuple[JobFunction[..., Any], ...] = (export_items, send_email, process_webhook_event)
 # (job, schedule) pairs; the schedule is in the worker's local time zone. arq runs each
 # slot once however many workers there are.
 CRON_JOBS: tuple[tuple[JobFunction[..., Any], dict[str, Any]], ...] = (
@@ -180,6 +182,7 @@ def build_worker_settings(settings: Settings) -> type:
     if settings.STORAGE_BACKEND == "s3":
         require_storage_extra()
     require_email_extra(settings)
+    require_payments_extra(settings)
     return type("WorkerSettings", (), worker_options(settings))
 
 

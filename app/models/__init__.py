@@ -5,7 +5,9 @@ from app.models.base import BaseTable, SoftDeleteMixin
 from app.models.idempotency import IdempotencyRecord
 from app.models.item import Item, ItemStatus
 from app.models.job_outbox import OutboxJob
+from app.models.subscription import Subscription
 from app.models.user import User
+from app.models.webhook_event import WebhookEvent, WebhookStatus
 
 __all__ = [
     "BaseTable",
@@ -15,5 +17,8 @@ __all__ = [
     "ItemStatus",
     "OutboxJob",
     "SoftDeleteMixin",
+    "Subscription",
     "User",
+    "WebhookEvent",
+    "WebhookStatus",
 ]

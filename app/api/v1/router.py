@@ -6,7 +6,7 @@ router: every level of nested routers is another match step on every request.
 
 from fastapi import APIRouter
 
-from app.api.v1 import attachments, items, jobs, users
+from app.api.v1 import attachments, items, jobs, users, webhooks
 from app.api.v1.public import health
 
 ROUTERS: tuple[tuple[APIRouter, str], ...] = (
@@ -15,4 +15,5 @@ ROUTERS: tuple[tuple[APIRouter, str], ...] = (
     (items.router, ""),
     (attachments.router, ""),
     (jobs.router, ""),
+    (webhooks.router, ""),
 )
