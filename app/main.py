@@ -41,6 +41,7 @@ from app.core.pagination import CursorCodec
 from app.core.proxies import TrustedProxies
 from app.core.ratelimit import RateLimiter
 from app.core.security import TokenVerifier
+from app.integrations.ai import LanguageModel, create_model, require_ai_extra
 from app.integrations.email import require_email_extra
 from app.integrations.payments import require_payments_extra
 from app.integrations.storage import (
@@ -73,6 +74,7 @@ class AppState(TypedDict):
     accounts: AccountStatusCache
     cursor_codec: CursorCodec
     storage: Storage
+    ai_model: LanguageModel | None
 
 
 # Garbage-collector generation 0 threshold while serving (CPython's default is 700):
@@ -138,6 +140,9 @@ def _lifespan(
             storage = await create_storage(settings)
             resources.push_async_callback(storage.aclose)
             await check_at_startup(storage, settings.HEALTH_CHECK_TIMEOUT)
+            ai_model = create_model(settings)
+            if ai_model is not None:
+                resources.push_async_callback(ai_model.aclose)
             # One breaker for every Redis user: a failure seen by one skips Redis for all.
             breaker = RedisBreaker(settings.REDIS_SOCKET_TIMEOUT)
             jobs = (
@@ -189,6 +194,7 @@ def _lifespan(
                 accounts=AccountStatusCache(settings.AUTH_DEACTIVATION_TTL),
                 cursor_codec=CursorCodec(settings.SECRET_KEY.get_secret_value()),
                 storage=storage,
+                ai_model=ai_model,
             )
 
     return lifespan
@@ -204,6 +210,7 @@ def create_app(
         require_storage_extra()
     require_email_extra(settings)
     require_payments_extra(settings)
+    require_ai_extra(settings)
     setup_logging(settings.LOG_LEVEL, settings.log_format)
     init_error_reporting(settings, component="api")
     owns_tracer_provider = tracer_provider is None

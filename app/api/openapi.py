@@ -35,10 +35,12 @@ DESCRIPTIONS = {
     415: "The content type is not accepted, or the content is not of that type.",
     422: "Invalid input: `details` lists each problem.",
     429: "Rate limit exceeded; retry after `Retry-After` seconds.",
+    502: "An upstream service failed.",
     503: (
         "A dependency is unreachable (database, identity provider, job queue, file "
         "storage); retry later."
     ),
+    504: "An upstream service did not answer in time.",
 }
 
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
+import anyio
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute
+from starlette.types import Receive, Scope, Send
 
 Schema = TypeVar("Schema", bound=BaseModel)
 
@@ -33,6 +35,37 @@ class ModelResponse(Response, Generic[Schema]):
         self, body: Schema, status_code: int = 200, headers: Mapping[str, str] | None = None
     ) -> None:
         super().__init__(body.__pydantic_serializer__.to_json(body), status_code, headers)
+
+
+class EventStream(StreamingResponse):
+    """Server-Sent Events a route answers instead of its `response_model` when asked
+    to stream (documented in its `responses`): never cached, never buffered by a proxy.
+
+    However the response ends (sent, the client gone mid-way or before the first event,
+    a failure), `events` is closed and then `on_close` awaited, shielded from the
+    cancellation that ended it: what feeds the stream (an upstream request) is released
+    at once, not when the garbage collector finds it."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        events: AsyncGenerator[bytes],
+        *,
+        on_close: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        super().__init__(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._events = events
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._events.aclose()
+                if self._on_close is not None:
+                    await self._on_close()
 
 
 class Replayed(Response):
@@ -63,7 +96,7 @@ def check_routes(routes: Iterable[BaseRoute]) -> None:
         if not isinstance(route, APIRoute) or route.response_model is None:
             continue
         declared = route.response_model
-        returned = _returns(route) - {Replayed}
+        returned = _returns(route) - {Replayed, EventStream}
         if returned in ({declared}, {ModelResponse[declared]}):  # type: ignore[valid-type]
             continue
         raise TypeError(

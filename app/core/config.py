@@ -55,6 +55,7 @@ MIN_HMAC_SECRET_BYTES = 32
 # Content types an upload may have: each is recognised from its first bytes
 # (app/services/uploads.py), so a declared type is checked against the content.
 UPLOAD_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf")
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 # A plausible mail address (the worker validates fully, with the `email` extra).
 _ADDRESS = re.compile(r"[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+")
 # S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens.
@@ -185,10 +186,22 @@ class Settings(BaseSettings):
     STRIPE_WEBHOOK_SECRET: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     STRIPE_WEBHOOK_TOLERANCE: int = Field(default=300, ge=1, le=3600)
 
+    # A language model behind an OpenAI-compatible API (the `ai` extra); AI_MODEL empty:
+    # the AI routes answer 404.
+    AI_BASE_URL: str = ""
+    AI_API_KEY: SecretStr | None = None
+    AI_MODEL: str = ""
+    AI_TIMEOUT: float = Field(default=60.0, gt=0, le=600)
+    AI_MAX_RETRIES: int = Field(default=2, ge=0, le=10)
+    AI_MAX_MESSAGES: int = Field(default=50, ge=1, le=1000)
+    AI_MAX_INPUT_CHARS: int = Field(default=32_000, ge=1, le=10_000_000)
+    AI_MAX_OUTPUT_TOKENS: int = Field(default=1024, ge=1, le=1_000_000)
+
     RATE_LIMIT_DEFAULT: str = "100/minute"
     RATE_LIMIT_ITEM_WRITES: str = "60/minute"
     RATE_LIMIT_EXPORTS: str = "5/minute"
     RATE_LIMIT_AUTH_FAILURES: str = "30/minute"
+    RATE_LIMIT_AI: str = "20/minute"
     RATE_LIMIT_FAIL_OPEN: bool = True
     TRUSTED_PROXIES: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
 
@@ -279,6 +292,7 @@ class Settings(BaseSettings):
         "RATE_LIMIT_ITEM_WRITES",
         "RATE_LIMIT_EXPORTS",
         "RATE_LIMIT_AUTH_FAILURES",
+        "RATE_LIMIT_AI",
     )
     @classmethod
     def _check_rate(cls, value: str) -> str:
@@ -306,6 +320,13 @@ class Settings(BaseSettings):
     @field_validator("SUPABASE_URL", "CLERK_ISSUER")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
+        return _check_url(value).rstrip("/")
+
+    @field_validator("AI_BASE_URL")
+    @classmethod
+    def _check_ai_url(cls, value: str) -> str:
+        if "@" in urlsplit(value.strip()).netloc:
+            raise ValueError("must not carry credentials (use AI_API_KEY)")
         return _check_url(value).rstrip("/")
 
     @field_validator("S3_ENDPOINT_URL", "S3_PUBLIC_ENDPOINT_URL")
@@ -498,6 +519,9 @@ class Settings(BaseSettings):
         if self.is_sqlite:
             problems.append("DATABASE_URL must point at PostgreSQL, not SQLite")
         problems.extend(self._auth_production_problems())
+        ai_url = urlsplit(self.AI_BASE_URL)
+        if self.AI_API_KEY and ai_url.scheme == "http" and ai_url.hostname not in _LOOPBACK:
+            problems.append("AI_BASE_URL must be https:// when AI_API_KEY is sent to it")
         if self.EMAIL_BACKEND == "console" and not self.EMAIL_CONSOLE_IN_PRODUCTION:
             problems.append(
                 "EMAIL_BACKEND=console only logs mail; use smtp (or none), or set "
@@ -534,6 +558,7 @@ class Settings(BaseSettings):
             "items:write": parse_rate(self.RATE_LIMIT_ITEM_WRITES),
             "items:export": parse_rate(self.RATE_LIMIT_EXPORTS),
             "auth:failures": parse_rate(self.RATE_LIMIT_AUTH_FAILURES),
+            "ai:completions": parse_rate(self.RATE_LIMIT_AI),
         }
 
     @property

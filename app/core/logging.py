@@ -33,6 +33,9 @@ ACCESS_MESSAGE = "request completed"
 access_logger = logging.getLogger(ACCESS_LOGGER)
 
 # Attributes every LogRecord has; anything else was passed through `extra=`, except
+# Libraries whose INFO and DEBUG lines describe outgoing requests.
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "openai", "botocore", "aiobotocore", "stripe")
+
 # uvicorn's `color_message` (its message again, with terminal colour codes).
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
@@ -338,3 +341,8 @@ def setup_logging(level: str, fmt: Literal["console", "json"]) -> None:
         uvicorn_logger.propagate = True
     # The request middleware writes the access log; uvicorn's would duplicate it.
     logging.getLogger("uvicorn.access").disabled = True
+    # HTTP clients and SDKs log every request (URLs, options, bodies) at INFO and DEBUG:
+    # other services' addresses and the data sent to them stay out of the log.
+    quiet = max(logging.getLevelNamesMapping()[level], logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)

@@ -96,6 +96,14 @@ IDEMPOTENT_REPLAYS = Counter(
     "idempotent_replays", "Requests answered from a stored Idempotency-Key response."
 )
 CACHE_READS = Counter("cache_reads", "Reads of the resource row cache.", ("result",))
+AI_TOKENS = Counter(
+    "ai_tokens", "Language model tokens used, by model and kind.", ("model", "kind")
+)
+AI_STREAMS_CUT_SHORT = Counter(
+    "ai_streams_cut_short",
+    "Streamed answers that ended before the model reported usage (client gone, failure).",
+    ("model",),
+)
 JOBS_STARTED = Counter("jobs_started", "Job tries started.", ("function",))
 JOBS_COMPLETED = Counter("jobs_completed", "Jobs that completed.", ("function",))
 JOBS_FAILED = Counter("jobs_failed", "Jobs that failed for good.", ("function",))

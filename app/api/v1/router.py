@@ -6,7 +6,7 @@ router: every level of nested routers is another match step on every request.
 
 from fastapi import APIRouter
 
-from app.api.v1 import attachments, items, jobs, users, webhooks
+from app.api.v1 import ai, attachments, items, jobs, users, webhooks
 from app.api.v1.public import health
 
 ROUTERS: tuple[tuple[APIRouter, str], ...] = (
@@ -16,4 +16,5 @@ ROUTERS: tuple[tuple[APIRouter, str], ...] = (
     (attachments.router, ""),
     (jobs.router, ""),
     (webhooks.router, ""),
+    (ai.router, ""),
 )
