@@ -17,9 +17,10 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import DateTime, Index, func
+from sqlalchemy import DateTime, Enum, Index, func
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
@@ -75,6 +76,19 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+def string_enum(enum: type[StrEnum], name: str, length: int = 16) -> Enum:
+    """A column type storing `enum`'s values as short strings, checked in Python: no
+    native database enum, so adding a member needs no type migration on PostgreSQL."""
+    return Enum(
+        enum,
+        name=name,
+        native_enum=False,
+        length=length,
+        values_callable=lambda members: [member.value for member in members],
+        validate_strings=True,
+    )
 
 
 def utcnow() -> datetime:

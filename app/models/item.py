@@ -5,10 +5,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar
 
-from sqlalchemy import JSON, Enum, Text
+from sqlalchemy import JSON, Text
 from sqlmodel import Field
 
-from app.models.base import ScopedTable, purgeable, scope_indexes
+from app.models.base import ScopedTable, purgeable, scope_indexes, string_enum
 
 
 class ItemStatus(StrEnum):
@@ -28,14 +28,6 @@ class Item(ScopedTable, table=True):
     title: str = Field(max_length=200)
     description: str | None = Field(default=None, sa_type=Text)
     status: ItemStatus = Field(
-        default=ItemStatus.DRAFT,
-        sa_type=Enum(
-            ItemStatus,
-            name="item_status",
-            native_enum=False,
-            length=16,
-            values_callable=lambda enum: [member.value for member in enum],
-            validate_strings=True,
-        ),
+        default=ItemStatus.DRAFT, sa_type=string_enum(ItemStatus, "item_status")
     )
     tags: list[str] = Field(default_factory=list, sa_type=JSON)

@@ -14,10 +14,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Enum, Text, UniqueConstraint, func
+from sqlalchemy import JSON, Text, UniqueConstraint, func
 from sqlmodel import Field, SQLModel
 
-from app.models.base import UTCDateTime, uuid7
+from app.models.base import UTCDateTime, string_enum, uuid7
 
 
 class WebhookStatus(StrEnum):
@@ -38,14 +38,7 @@ class WebhookEvent(SQLModel, table=True):
     payload: dict[str, Any] = Field(sa_type=JSON)
     status: WebhookStatus = Field(
         default=WebhookStatus.RECEIVED,
-        sa_type=Enum(
-            WebhookStatus,
-            name="webhook_status",
-            native_enum=False,
-            length=16,
-            values_callable=lambda enum: [member.value for member in enum],
-            validate_strings=True,
-        ),
+        sa_type=string_enum(WebhookStatus, "webhook_status"),
         index=True,
     )
     attempts: int = Field(default=0)

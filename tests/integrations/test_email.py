@@ -23,7 +23,7 @@ from app.integrations.email.messages import (
     render_email,
 )
 from tests.smtp import PASSWORD, USERNAME, Recorder, smtp_overrides, smtp_server
-from tests.support import free_port, hung_server
+from tests.support import free_port, hung_server, production_config
 
 CONTEXT = {"rows": 3, "download_url": "https://api.acme.test/x?a=1&b=2", "valid_for": "1 hour"}
 
@@ -136,22 +136,21 @@ def test_production_refuses_the_console_transport_unless_allowed() -> None:
         "ENVIRONMENT": "production",
         "SECRET_KEY": "s" * 48,
         "DATABASE_URL": "postgresql://app@db/app",
-        "AUTH_PROVIDER": "oidc",
-        "OIDC_ISSUER": "https://id.example/",
-        "OIDC_AUDIENCE": "api",
-        "STORAGE_BACKEND": "s3",
-        "S3_BUCKET": "app-files",
+        **production_config(),
+        "EMAIL_BACKEND": "console",
     }
     with pytest.raises(ConfigError, match="EMAIL_BACKEND=console only logs mail"):
         load_settings(_env_file=None, **production)
     with pytest.raises(ConfigError, match="SMTP needs SMTP_STARTTLS=true or SMTP_TLS=true"):
-        load_settings(_env_file=None, **production, EMAIL_BACKEND="smtp", SMTP_STARTTLS=False)
+        load_settings(
+            _env_file=None, **(production | {"EMAIL_BACKEND": "smtp", "SMTP_STARTTLS": False})
+        )
     for allowed in (
         {"EMAIL_CONSOLE_IN_PRODUCTION": True},
         {"EMAIL_BACKEND": "none"},
         {"EMAIL_BACKEND": "smtp"},
     ):
-        assert load_settings(_env_file=None, **production, **allowed).is_production
+        assert load_settings(_env_file=None, **(production | allowed)).is_production
 
 
 async def test_the_console_transport_logs_the_message(caplog: pytest.LogCaptureFixture) -> None:

@@ -48,14 +48,6 @@ def settings(database_url: str, redis_url: str, clean_db: None, smtp_port: int) 
     )
 
 
-@pytest.fixture
-async def queue(settings: Settings) -> AsyncIterator[JobQueue]:
-    redis = create_redis(settings)
-    assert redis is not None
-    yield JobQueue.over(redis, queue_name=settings.JOBS_QUEUE_NAME)
-    await redis.aclose()
-
-
 async def test_a_4xx_answer_is_retried_and_the_mail_sent_once(
     settings: Settings, queue: JobQueue, recorder: Recorder
 ) -> None:

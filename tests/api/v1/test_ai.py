@@ -20,7 +20,13 @@ from app.core.config import ConfigError, Settings, load_settings
 from app.integrations.ai import AIRateLimitedError, FakeModel
 from app.main import create_app
 from tests.llm import UPSTREAM_DETAIL, FakeLLM, serve
-from tests.support import auth_headers, free_port, make_settings, running_app
+from tests.support import (
+    auth_headers,
+    free_port,
+    make_settings,
+    production_config,
+    running_app,
+)
 
 URL = "/api/v1/ai/completions"
 KEY = "sk-test-9f8e7d6c5b4a-never-log-me"
@@ -340,12 +346,13 @@ def test_bad_ai_settings_are_refused(overrides: dict[str, str], reason: str) -> 
 
 def test_production_refuses_sending_the_key_in_clear() -> None:
     production = {
-        "ENVIRONMENT": "production", "SECRET_KEY": "s" * 48,
-        "DATABASE_URL": "postgresql://app@db/app", "AUTH_PROVIDER": "oidc",
-        "OIDC_ISSUER": "https://id.example/", "OIDC_AUDIENCE": "api",
-        "STORAGE_BACKEND": "s3", "S3_BUCKET": "app-files", "EMAIL_BACKEND": "none",
-        "AI_MODEL": "m", "AI_API_KEY": KEY,
-    }  # fmt: skip
+        "ENVIRONMENT": "production",
+        "SECRET_KEY": "s" * 48,
+        "DATABASE_URL": "postgresql://app@db/app",
+        **production_config(),
+        "AI_MODEL": "m",
+        "AI_API_KEY": KEY,
+    }
     with pytest.raises(ConfigError, match="AI_BASE_URL must be https"):
         load_settings(_env_file=None, **production, AI_BASE_URL="http://llm.example/v1")
     for fine in ("https://llm.example/v1", "http://localhost:11434/v1", ""):
