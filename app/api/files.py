@@ -9,16 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi.responses import RedirectResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from fastapi.responses import RedirectResponse, Response
 
+from app.api.responses import ReleasingStream
 from app.core.exceptions import NotFoundError
-from app.integrations.storage import (
-    ObjectNotFoundError,
-    Storage,
-    StoredObject,
-    content_disposition,
-)
+from app.integrations.storage import ObjectNotFoundError, Storage, content_disposition
 
 # Neither the redirect (its URL expires) nor a private file may be cached on the way.
 _NO_STORE = {"Cache-Control": "private, no-store"}
@@ -59,19 +54,6 @@ async def file_download(
         "Content-Disposition": content_disposition(filename),
         "Content-Length": str(stored.size),
     }
-    return _StoredObjectResponse(stored, media_type=media_type, headers=headers)
-
-
-class _StoredObjectResponse(StreamingResponse):
-    """The object's chunks as the body; the object is closed however the response
-    ends (sent, client gone, or failed before the first byte)."""
-
-    def __init__(self, stored: StoredObject, **options: Any) -> None:
-        super().__init__(aiter(stored), **options)
-        self._stored = stored
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._stored.aclose()
+    return ReleasingStream(
+        aiter(stored), release=stored.aclose, media_type=media_type, headers=headers
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -37,14 +37,35 @@ class ModelResponse(Response, Generic[Schema]):
         super().__init__(body.__pydantic_serializer__.to_json(body), status_code, headers)
 
 
-class EventStream(StreamingResponse):
+class ReleasingStream(StreamingResponse):
+    """A streamed body whose source is released however the response ends (sent, the
+    client gone mid-way or before the first byte, a failure): `release` is awaited,
+    shielded from the cancellation that ended it, so what feeds the stream (a file, an
+    upstream request) goes at once, not when the garbage collector finds it."""
+
+    def __init__(
+        self,
+        content: AsyncIterable[bytes],
+        *,
+        release: Callable[[], Awaitable[object]],
+        **options: Any,
+    ) -> None:
+        super().__init__(content, **options)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._release()
+
+
+class EventStream(ReleasingStream):
     """Server-Sent Events a route answers instead of its `response_model` when asked
     to stream (documented in its `responses`): never cached, never buffered by a proxy.
-
-    However the response ends (sent, the client gone mid-way or before the first event,
-    a failure), `events` is closed and then `on_close` awaited, shielded from the
-    cancellation that ended it: what feeds the stream (an upstream request) is released
-    at once, not when the garbage collector finds it."""
+    When it ends, `events` is closed, then `on_close` (the source feeding `events`,
+    which may never have started) awaited."""
 
     media_type = "text/event-stream"
 
@@ -54,18 +75,16 @@ class EventStream(StreamingResponse):
         *,
         on_close: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
-        super().__init__(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self._events = events
-        self._on_close = on_close
+        async def release() -> None:
+            await events.aclose()
+            if on_close is not None:
+                await on_close()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._events.aclose()
-                if self._on_close is not None:
-                    await self._on_close()
+        super().__init__(
+            events,
+            release=release,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
 
 class Replayed(Response):

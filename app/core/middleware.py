@@ -12,8 +12,9 @@ each ASGI layer costs a call and a wrapped `send` on every request:
 * a request body limit, enforced while the body streams in, before anything parses it
   or authenticates the caller: a declared `Content-Length` over the limit is refused
   before a byte is read, and a chunked body as soon as it crosses the limit (413 in the
-  standard shape). A route may allow more, or less, with FastAPI's own
-  `max_body_size=` route parameter;
+  standard shape). A route may allow more with FastAPI's own `max_body_size=` route
+  parameter; one that must allow less checks its body itself (FastAPI's own limiter
+  would answer first, outside the standard shape: see the webhook route);
 * headers a dependency asked for with `set_response_header` (rate-limit headers, say),
   added to whatever response the request ends with, errors included;
 * a last-resort 500 in the standard error shape for exceptions nothing else handled

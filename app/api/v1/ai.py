@@ -19,7 +19,7 @@ from app.api.responses import EventStream, ModelResponse
 from app.core.exceptions import AppError, NotFoundError, error_body
 from app.core.logging import request_id_var
 from app.core.ratelimit import rate_limit
-from app.integrations.ai import ChatMessage, LanguageModel, StreamEnd
+from app.integrations.ai import ChatMessage, Completion, LanguageModel, StreamEnd
 from app.schemas.ai import CompletionRequest, CompletionResponse, TokenUsage
 from app.services import ai as service
 
@@ -84,7 +84,7 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     return outcome[0]
 
 
-def _usage(end: StreamEnd | Any) -> TokenUsage:
+def _usage(end: StreamEnd | Completion) -> TokenUsage:
     usage = end.usage
     return TokenUsage(
         prompt_tokens=usage.prompt_tokens,
