@@ -35,7 +35,7 @@ venv: $(UV) ## Create the virtual environment (.venv)
 	@$(UV) venv --quiet --allow-existing .venv
 
 install: venv ## Install the locked dependencies (app + dev tools) into .venv
-	@$(UV) sync --frozen --all-extras --quiet
+	@$(UV) sync --frozen --all-extras --quiet --compile-bytecode
 
 dev: install migrate ## Install, migrate and serve the API with reload on 127.0.0.1:8000 (SQLite default)
 	$(RUN) uvicorn app.main:app --reload --host $(HOST) --port $(PORT) --no-access-log --no-proxy-headers

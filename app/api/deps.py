@@ -48,14 +48,6 @@ async def get_storage(request: Request) -> Storage:
     return storage
 
 
-async def get_account_status(request: Request) -> AccountStatusCache:
-    accounts: AccountStatusCache = request.state.accounts
-    return accounts
-
-
-AccountStatusDep = Annotated[AccountStatusCache, Depends(get_account_status)]
-
-
 def job_owner(principal: Principal) -> str:
     """How a job records who asked for it (checked when its status is read): the
     identity (issuer and subject) and the tenant it acted for, so a caller moved to
@@ -89,32 +81,32 @@ def _refuse_if_deactivated(accounts: AccountStatusCache, user: User) -> User:
     return user
 
 
-async def get_current_user(
-    principal: CurrentPrincipal, request: Request, accounts: AccountStatusDep
-) -> User:
+async def get_current_user(principal: CurrentPrincipal, request: Request) -> User:
     """The caller's `users` row, created on first use (401 without a valid token, 403
     when the account is deactivated). Loaded once per request, however many
     dependencies ask for it."""
-    user: User | None = getattr(request.state, "current_user", None)
+    scope = request.scope
+    user: User | None = scope.get(_USER_KEY)
     if user is None:
+        accounts: AccountStatusCache = request.state.accounts
         user = _refuse_if_deactivated(accounts, await _load_user(request, principal))
-        request.state.current_user = user
+        scope[_USER_KEY] = user
     return user
 
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_USER_KEY = "app.current_user"  # the request's `users` row, in its ASGI scope
 
 
-async def require_active_account(
-    principal: CurrentPrincipal, request: Request, accounts: AccountStatusDep
-) -> None:
+async def require_active_account(principal: CurrentPrincipal, request: Request) -> None:
     """403 for a deactivated account, on every authenticated route (routers take it as a
     dependency). A write checks the caller's row at once (and brings it up to date, as
     `CurrentUser` does); a read is answered from this process's cache while it is fresh,
     otherwise by one lookup, which does not create a row for a caller that has none."""
     if request.method not in _SAFE_METHODS:
-        await get_current_user(principal, request, accounts)
+        await get_current_user(principal, request)
         return
+    accounts: AccountStatusCache = request.state.accounts
     active = accounts.get(principal.issuer, principal.subject)
     if active is True:
         return
@@ -142,7 +134,6 @@ CursorCodecDep = Annotated[CursorCodec, Depends(get_cursor_codec)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 
 __all__ = [
-    "AccountStatusDep",
     "ActiveAccount",
     "CacheDep",
     "CurrentPrincipal",

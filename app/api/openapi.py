@@ -82,11 +82,12 @@ def _dependency_errors() -> dict[Callable[..., Any], tuple[int, ...]]:
         get_session,
         get_session_factory,
     )
-    from app.core.security import get_optional_principal
+    from app.core.security import get_optional_principal, get_principal
     from app.jobs.enqueue import get_job_statuses, get_jobs
 
     return {
         get_optional_principal: (401, 503),
+        get_principal: (401, 503),
         require_active_account: (403, 503),
         get_current_user: (403, 503),
         get_session: (503,),

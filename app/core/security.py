@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import httpx
 import jwt
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from jwt import PyJWK
 from jwt.utils import base64url_decode
 
@@ -341,13 +341,9 @@ class TokenVerifier:
         return request.cookies.get(name) if name else None
 
 
-_bearer = HTTPBearer(
-    auto_error=False,
-    bearerFormat="JWT",
-    description="An access token from the configured identity provider.",
-)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _SAME_ORIGIN_FETCHES = frozenset({"same-origin", "none"})
+_PRINCIPAL_KEY = "app.principal"  # the request's resolved principal, in its ASGI scope
 
 
 def _refuse_cross_site(request: Request, allowed_origins: frozenset[str]) -> None:
@@ -367,15 +363,10 @@ def _refuse_cross_site(request: Request, allowed_origins: frozenset[str]) -> Non
     )
 
 
-async def get_optional_principal(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal | None:
-    """The caller, or None when no token was sent. A token that was sent must be valid."""
+async def _resolve_principal(request: Request, credentials: str | None) -> Principal | None:
     verifier: TokenVerifier = request.state.verifier
-    if credentials:
-        token: str | None = credentials.credentials
-    else:
+    token = credentials
+    if not token:
         token = verifier.token_from_cookie(request)
         if token and request.method not in _SAFE_METHODS:
             _refuse_cross_site(request, verifier.config.authorized_parties)
@@ -390,16 +381,42 @@ async def get_optional_principal(
     return principal
 
 
+class BearerAuth(HTTPBearer):
+    """The caller's principal as one dependency without dependencies of its own: the
+    whole auth chain (bearer header or session cookie, verification, the failed-token
+    limit) runs once per request, however many dependencies ask for the caller, and
+    costs FastAPI one node to resolve. Declared as FastAPI's `HTTPBearer`, so every
+    route using it lists the bearer scheme in the OpenAPI document."""
+
+    def __init__(self, *, required: bool) -> None:
+        super().__init__(
+            auto_error=False,
+            bearerFormat="JWT",
+            scheme_name="HTTPBearer",
+            description="An access token from the configured identity provider.",
+        )
+        self.required = required
+
+    async def __call__(self, request: Request) -> Principal | None:  # type: ignore[override]
+        scope = request.scope
+        if _PRINCIPAL_KEY in scope:
+            principal: Principal | None = scope[_PRINCIPAL_KEY]
+        else:
+            credentials = await super().__call__(request)
+            token = credentials.credentials if credentials is not None else None
+            principal = await _resolve_principal(request, token)
+            scope[_PRINCIPAL_KEY] = principal
+        if principal is None and self.required:
+            raise AuthenticationError("Authentication required.", headers=MISSING_TOKEN)
+        return principal
+
+
+get_optional_principal = BearerAuth(required=False)
+"""The caller, or None when no token was sent. A token that was sent must be valid."""
+get_principal = BearerAuth(required=True)
+"""The caller; 401 when no token was sent."""
+
 OptionalPrincipal = Annotated[Principal | None, Depends(get_optional_principal)]
-
-
-async def get_principal(principal: OptionalPrincipal) -> Principal:
-    """The caller; 401 when no token was sent."""
-    if principal is None:
-        raise AuthenticationError("Authentication required.", headers=MISSING_TOKEN)
-    return principal
-
-
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 

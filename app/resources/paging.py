@@ -17,13 +17,14 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import Column, ColumnElement, Row, Select, Table, bindparam, func, select, tuple_
+from sqlalchemy import Column, ColumnElement, Select, Table, bindparam, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel, col
 from sqlmodel import select as select_rows
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.pagination import CursorCodec, invalid_cursor
+from app.core.reads import DirectSelect, fetch_all
 
 T = TypeVar("T")
 MAX_CACHED_PAGE_STATEMENTS = 256
@@ -63,7 +64,7 @@ class Sorts:
 
     def __init__(self, **columns: Any) -> None:
         self._columns = {name: _column(column) for name, column in columns.items()}
-        self._pages: dict[tuple[Any, ...], Select[Any]] = {}
+        self._pages: dict[tuple[Any, ...], DirectSelect] = {}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -73,19 +74,19 @@ class Sorts:
         """The column and whether descending; a KeyError for a sort not allowed."""
         return self._columns[sort.lstrip("-")], sort.startswith("-")
 
-    def page_statement(
+    def page_query(
         self, table: Table, sort: str, *, after: bool, where: Sequence[ColumnElement[bool]]
-    ) -> Select[Any]:
+    ) -> DirectSelect:
         """`table`'s rows in `sort` order then by id, `:page_limit` of them, after
         (`:after_value`, `:after_id`) when `after`. `where` must be built once too (bound
         parameters, no literal values): it is part of the cached statement."""
         key = (table.name, sort, after, *where)
-        statement = self._pages.get(key)
-        if statement is None:
-            statement = self._build(table, sort, after=after, where=where)
+        query = self._pages.get(key)
+        if query is None:
+            query = DirectSelect(self._build(table, sort, after=after, where=where))
             if len(self._pages) < MAX_CACHED_PAGE_STATEMENTS:  # a caller building `where`
-                self._pages[key] = statement  # per call would otherwise fill it forever
-        return statement
+                self._pages[key] = query  # per call would otherwise fill it forever
+        return query
 
     def _build(
         self, table: Table, sort: str, *, after: bool, where: Sequence[ColumnElement[bool]]
@@ -166,24 +167,27 @@ async def keyset_page(
     where: Sequence[ColumnElement[bool]] = (),
     filters: Sequence[ColumnElement[bool]] = (),
     params: Mapping[str, Any] | None = None,
-) -> PageResult[Row[Any]]:
+) -> PageResult[dict[str, Any]]:
     """One page of `table`'s rows in `query.sort` order then by id, with a signed cursor
     for the next one and the count on request. `where` is fixed per resource (bound
-    parameters, filled from `params`); `filters` may carry values and vary per call."""
+    parameters, filled from `params`); `filters` may carry values and vary per call.
+    Rows come back as dicts by column name; without `filters`, the page is read by a
+    statement built once (`DirectSelect`)."""
     column, _ = sorts.column(query.sort)
     values: dict[str, Any] = {**(params or {}), "page_limit": query.limit + 1}
     if query.cursor is not None:
         after_value, after_id = _parse_cursor(column, codec.decode(query.sort, query.cursor))
         values |= {"after_value": after_value, "after_id": after_id}
-    statement = sorts.page_statement(table, query.sort, after=query.cursor is not None, where=where)
+    page = sorts.page_query(table, query.sort, after=query.cursor is not None, where=where)
     if filters:
-        statement = statement.where(*filters)
-    rows = list((await connection.execute(statement, values)).all())
+        rows = await fetch_all(connection, page.statement.where(*filters), values)
+    else:
+        rows = await page.all(connection, values)
     next_cursor = None
     if len(rows) > query.limit:
         rows = rows[: query.limit]
         last = rows[-1]
-        next_cursor = codec.encode(query.sort, [_encode(last._mapping[column]), str(last.id)])
+        next_cursor = codec.encode(query.sort, [_encode(last[column.key]), str(last["id"])])
     total = None
     if query.include_total:
         count = select(func.count()).select_from(table).where(*where, *filters)

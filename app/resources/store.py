@@ -16,7 +16,7 @@ commits them, and the cache is written after that commit only.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
@@ -28,6 +28,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core.cache import Cache
 from app.core.exceptions import NotFoundError
 from app.core.pagination import CursorCodec
+from app.core.reads import DirectSelect
 from app.models.base import ScopedTable
 from app.resources.cache import VersionedCache
 from app.resources.paging import PageQuery, PageResult, Sorts, iter_batches, keyset_page
@@ -72,7 +73,9 @@ class ScopedStore(Generic[Model, Schema]):
         self._one_deleted = {
             kind: (*self._where(kind, deleted=True), self._by_id) for kind in (True, False)
         }
-        self._get = {kind: select(self.table).where(*self._one[kind]) for kind in (True, False)}
+        self._get = {
+            kind: DirectSelect(select(self.table).where(*self._one[kind])) for kind in (True, False)
+        }
 
     @property
     def not_found(self) -> str:
@@ -87,7 +90,7 @@ class ScopedStore(Generic[Model, Schema]):
         alive = state.is_not(None) if deleted else state.is_(None)
         return alive, OwnerScope.clause(self.table, by_tenant=by_tenant)
 
-    def _read(self, row: Row[Any]) -> Schema:
+    def _read(self, row: Row[Any] | Mapping[str, Any]) -> Schema:
         return self.schema.model_validate(row, from_attributes=True)
 
     async def create(
@@ -105,7 +108,7 @@ class ScopedStore(Generic[Model, Schema]):
         """The live row, from the database; `NotFoundError` outside the scope."""
         connection = await connection_of(db)
         params = {**scope.params(), "row_id": row_id}
-        row = (await connection.execute(self._get[scope.by_tenant], params)).first()
+        row = await self._get[scope.by_tenant].first(connection, params)
         if row is None:
             raise NotFoundError(self.not_found)
         return self._read(row)
@@ -137,7 +140,7 @@ class ScopedStore(Generic[Model, Schema]):
             filters=where,
             params=scope.params(),
         )
-        rows = self._rows.validate_python([row._asdict() for row in page.items])
+        rows = self._rows.validate_python(page.items)
         return PageResult(rows, page.next_cursor, page.total)
 
     def batches(

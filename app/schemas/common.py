@@ -16,7 +16,10 @@ MAX_CURSOR_LENGTH = 2048
 def _whole_seconds_utc(value: datetime) -> datetime:
     # SQLite stores whole seconds, PostgreSQL microseconds: responses carry whole seconds
     # in UTC on both (`2026-01-31T12:00:00Z`), so clients see one format.
-    return value.astimezone(UTC).replace(microsecond=0)
+    # Both drivers hand back UTC already: then only the microseconds go.
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(microsecond=0) if value.microsecond else value
 
 
 Timestamp = Annotated[datetime, AfterValidator(_whole_seconds_utc)]

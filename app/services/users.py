@@ -6,7 +6,7 @@ import functools
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, or_, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, update
 from sqlalchemy import select as select_rows
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
 from app.core.accounts import AccountStatusCache
+from app.core.reads import DirectSelect
 from app.core.security import Principal
 from app.models.base import utcnow, uuid7
 from app.models.user import User
@@ -43,10 +44,11 @@ def _by_identity() -> SelectOfScalar[User]:
 
 
 @functools.cache
-def _identity_rows() -> Select[Any]:
-    # The same query in SQLAlchemy Core, for the read path: no session, no identity map.
+def _identity_rows() -> DirectSelect:
+    # The same query in SQLAlchemy Core, for the read path: no session, no identity map,
+    # on PostgreSQL not even SQLAlchemy's execution layer.
     users: Table = User.__table__  # type: ignore[attr-defined]
-    return select_rows(users).where(_identity_clause(users))
+    return DirectSelect(select_rows(users).where(_identity_clause(users)))
 
 
 async def find_user(session: AsyncSession, principal: Principal) -> User | None:
@@ -69,9 +71,9 @@ async def lookup_user(connection: AsyncConnection, principal: Principal) -> User
         "subject": principal.subject,
         "provider": principal.provider,
     }
-    rows = (await connection.execute(_identity_rows(), params)).all()
-    row = min(rows, key=lambda row: row.issuer is None, default=None)
-    return None if row is None else User(**row._mapping)
+    rows = await _identity_rows().all(connection, params)
+    row = min(rows, key=lambda row: row["issuer"] is None, default=None)
+    return None if row is None else User(**row)
 
 
 def _initial_display_name(principal: Principal) -> str | None:

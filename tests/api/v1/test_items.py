@@ -496,9 +496,12 @@ class WriteDuringRead:
     """A read session whose query returns what it read only after `write` committed:
     the interleaving of a cache miss racing a write."""
 
+    sync_connection = None  # no driver connection: every statement goes through `execute`
+
     def __init__(self, session: AsyncSession, write: Callable[[], Awaitable[None]]) -> None:
         self.session = session
         self.write = write
+        self.dialect = session.sync_session.get_bind().dialect
 
     async def connection(self) -> WriteDuringRead:
         return self
