@@ -10,21 +10,26 @@ statement (about 0.1 ms of CPU each, a fifth of an authenticated read). Anywhere
 call) it runs through SQLAlchemy, with the same rows.
 
 Values go through the same type conversions as with SQLAlchemy (the column types'
-bind and result processors, for this dialect). A statement the driver fails is sent
-once more through SQLAlchemy, so the error reaches the app as SQLAlchemy reports it
-(wrapped, the pooled connection invalidated if it died); a timed-out one raises
-`TimeoutError` (a 503); a cancelled one invalidates its connection, whose state is then
-unknown, as SQLAlchemy does.
+bind and result processors, for this dialect, learned from SQLAlchemy's own first run
+of the statement). Errors reach the app as SQLAlchemy reports them: a statement whose
+connection died is handed to SQLAlchemy, which reports it and takes the connection out
+of the pool; a server error is raised once as a `DBAPIError` carrying the server's
+SQLSTATE; a timed-out statement raises `TimeoutError` (a 503); a cancelled one
+invalidates its connection, whose state is then unknown. With SQL echo or engine
+events on (`DB_ECHO`, tracing), every statement goes through SQLAlchemy, so each one
+is still logged and traced.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 Processor = Callable[[Any], Any]
@@ -50,7 +55,10 @@ class DirectSelect:
 
     def __init__(self, statement: Select[Any]) -> None:
         self.statement = statement
-        self._compiled: dict[Dialect, _Compiled | None] = {}
+        # Per dialect (one per engine), dropped with the engine.
+        self._compiled: weakref.WeakKeyDictionary[Dialect, _Compiled | None] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def all(
         self, connection: AsyncConnection, params: Mapping[str, Any]
@@ -68,15 +76,25 @@ class DirectSelect:
         driver: Any = sync.connection.driver_connection
         values = {**compiled.defaults, **params}
         bind = compiled.bind
-        args = [
-            bind[name](values[name]) if name in bind else values[name] for name in compiled.names
-        ]
+        try:
+            args = [
+                bind[name](values[name]) if name in bind else values[name]
+                for name in compiled.names
+            ]
+        except Exception:  # a value its column type refuses: SQLAlchemy's error, nothing sent
+            return await fetch_all(connection, self.statement, params)
         try:
             records = await driver.fetch(compiled.sql, *args)
         except TimeoutError:
-            raise
-        except Exception:
-            return await fetch_all(connection, self.statement, params)
+            raise  # as SQLAlchemy lets it through: a 503
+        except Exception as error:
+            if driver.is_closed():  # SQLAlchemy reports it and replaces the connection
+                return await fetch_all(connection, self.statement, params)
+            if isinstance(error, OSError):
+                raise
+            raise DBAPIError.instance(
+                compiled.sql, args, error, Exception, dialect=connection.dialect
+            ) from error
         except BaseException:
             sync.invalidate()
             raise
@@ -102,6 +120,8 @@ class DirectSelect:
         sync = connection.sync_connection
         if sync is None or sync.closed or sync.invalidated:
             return None
+        if sync._echo or _watched(sync):
+            return None  # statements logged or traced: each one through SQLAlchemy
         if sync.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
             return None  # a transaction's statements stay in SQLAlchemy's hands
         if dialect not in self._compiled:
@@ -110,12 +130,25 @@ class DirectSelect:
         return None if compiled is None else (compiled, sync)
 
 
+def _watched(connection: Connection) -> bool:
+    """Whether anything listens to the statements `connection` runs (tracing does)."""
+    events = connection.dispatch
+    return bool(
+        events.before_execute
+        or events.after_execute
+        or events.before_cursor_execute
+        or events.after_cursor_execute
+    )
+
+
 def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled | None:
     compiled: Any = statement.compile(dialect=dialect)
     if compiled.literal_execute_params or compiled.post_compile_params:
         return None  # rendered anew on each call: SQLAlchemy's job
     if compiled.escaped_bind_names:
         return None  # names the driver's placeholders do not use as they are
+    if any(bind.callable is not None for bind in compiled.binds.values()):
+        return None  # a value computed on each execution
     return _Compiled(
         sql=compiled.string,
         names=tuple(compiled.positiontup or ()),

@@ -187,7 +187,7 @@ async def keyset_page(
     if len(rows) > query.limit:
         rows = rows[: query.limit]
         last = rows[-1]
-        next_cursor = codec.encode(query.sort, [_encode(last[column.key]), str(last["id"])])
+        next_cursor = codec.encode(query.sort, [_encode(last[column.name]), str(last["id"])])
     total = None
     if query.include_total:
         count = select(func.count()).select_from(table).where(*where, *filters)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, event, func, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -33,17 +34,19 @@ BY_SCORE = DirectSelect(
 
 @contextmanager
 def statements_through_sqlalchemy(engine: AsyncEngine) -> Iterator[list[str]]:
-    """The statements SQLAlchemy executes while the block runs."""
+    """The statements SQLAlchemy executes on `engine` while the block runs (counted
+    without an engine event: listening to the engine sends everything through it)."""
     seen: list[str] = []
+    execute = Connection.execute
 
-    def record(*args: Any) -> None:
-        seen.append(args[2])
+    def counting(self: Connection, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.engine is engine.sync_engine or self.engine.pool is engine.sync_engine.pool:
+            seen.append(str(statement))
+        return execute(self, statement, *args, **kwargs)
 
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Connection, "execute", counting)
         yield seen
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 async def _seed(engine: AsyncEngine) -> None:
@@ -171,3 +174,45 @@ async def test_a_cancelled_statement_leaves_its_connection_out_of_the_pool(
         fresh = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
         assert fresh != pid
         assert len(await BY_SCORE.all(connection, {"min_score": 0, "page_limit": 10})) == 5
+
+
+async def test_a_statement_the_server_cancels_is_reported_once_not_run_again(
+    pg_engine: AsyncEngine,
+) -> None:
+    sleep = DirectSelect(SLEEP.statement)
+    async with read_engine(pg_engine).connect() as connection:
+        await sleep.all(connection, {"seconds": 0})  # SQLAlchemy's run
+        pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+
+        async def cancel_soon() -> None:
+            await asyncio.sleep(0.1)
+            async with pg_engine.connect() as other:
+                await other.execute(text("SELECT pg_cancel_backend(:pid)"), {"pid": pid})
+
+        canceller = asyncio.create_task(cancel_soon())
+        with statements_through_sqlalchemy(pg_engine) as seen, pytest.raises(DBAPIError) as failure:
+            await sleep.all(connection, {"seconds": 0.4})
+        await canceller
+        assert getattr(failure.value.orig, "sqlstate", None) == "57014"  # query_canceled
+        assert not failure.value.connection_invalidated
+        assert not [statement for statement in seen if "pg_sleep" in statement]  # sent once
+        assert (await sleep.all(connection, {"seconds": 0})) == [{"pg_sleep_1": None}]
+
+
+async def test_with_engine_events_on_every_statement_goes_through_sqlalchemy(
+    pg_engine: AsyncEngine,
+) -> None:
+    traced: list[str] = []
+
+    def trace(*args: Any) -> None:
+        traced.append(args[2])
+
+    query = DirectSelect(BY_SCORE.statement)
+    event.listen(pg_engine.sync_engine, "before_cursor_execute", trace)
+    try:
+        async with read_engine(pg_engine).connect() as connection:
+            for _ in range(3):
+                await query.all(connection, {"min_score": 0, "page_limit": 2})
+    finally:
+        event.remove(pg_engine.sync_engine, "before_cursor_execute", trace)
+    assert len(traced) == 3
