@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import bindparam, event, func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, StatementError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.db import create_engine, read_engine
 from app.core.reads import DirectSelect
@@ -30,6 +30,17 @@ BY_SCORE = DirectSelect(
     .order_by(RANKED.c.score)
     .limit(bindparam("page_limit"))
 )
+
+SLEEP = DirectSelect(select(func.pg_sleep(bindparam("seconds"))))
+
+
+async def after_first_run(
+    query: DirectSelect, connection: AsyncConnection, params: dict[str, Any]
+) -> int:
+    """Run `query` once (SQLAlchemy's run, which teaches it the result conversions),
+    so the next run goes to the driver; the connection's server process id."""
+    await query.all(connection, params)
+    return int((await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one())
 
 
 @contextmanager
@@ -130,8 +141,7 @@ async def test_a_connection_that_died_is_invalidated_and_reported_as_sqlalchemy_
     reader = read_engine(pg_engine)
     query = DirectSelect(BY_SCORE.statement)
     async with reader.connect() as connection:
-        await query.all(connection, {"min_score": 0, "page_limit": 1})  # SQLAlchemy's run
-        pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        pid = await after_first_run(query, connection, {"min_score": 0, "page_limit": 1})
         async with pg_engine.connect() as other:
             await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         await asyncio.sleep(0.1)
@@ -142,15 +152,12 @@ async def test_a_connection_that_died_is_invalidated_and_reported_as_sqlalchemy_
         assert len(await BY_SCORE.all(connection, {"min_score": 0, "page_limit": 10})) == 5
 
 
-SLEEP = DirectSelect(select(func.pg_sleep(bindparam("seconds"))))
-
-
 async def test_a_statement_over_the_command_timeout_raises_timeout_error(
     pg_engine: AsyncEngine,
 ) -> None:
     sleep = DirectSelect(SLEEP.statement)
     async with read_engine(pg_engine).connect() as connection:
-        await sleep.all(connection, {"seconds": 0})  # SQLAlchemy's run
+        await after_first_run(sleep, connection, {"seconds": 0})
         with pytest.raises(TimeoutError):
             await sleep.all(connection, {"seconds": 5})
 
@@ -161,8 +168,7 @@ async def test_a_cancelled_statement_leaves_its_connection_out_of_the_pool(
     reader = read_engine(pg_engine)
     sleep = DirectSelect(SLEEP.statement)
     async with reader.connect() as connection:
-        await sleep.all(connection, {"seconds": 0})  # SQLAlchemy's run
-        pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        pid = await after_first_run(sleep, connection, {"seconds": 0})
         task = asyncio.create_task(sleep.all(connection, {"seconds": 0.4}))
         await asyncio.sleep(0.1)
         task.cancel()
@@ -181,8 +187,7 @@ async def test_a_statement_the_server_cancels_is_reported_once_not_run_again(
 ) -> None:
     sleep = DirectSelect(SLEEP.statement)
     async with read_engine(pg_engine).connect() as connection:
-        await sleep.all(connection, {"seconds": 0})  # SQLAlchemy's run
-        pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        pid = await after_first_run(sleep, connection, {"seconds": 0})
 
         async def cancel_soon() -> None:
             await asyncio.sleep(0.1)
