@@ -180,6 +180,7 @@ from app.api.openapi import ETAG, LOCATION, REPLAYED, errors, success
 from app.api.preconditions import IfMatch
 from app.api.responses import ModelResponse, Replayed, tagged
 from app.core.ratelimit import rate_limit
+from app.core.route_templates import path_for
 from app.resources import ScopeDep
 from app.schemas.common import Page
 from app.schemas.$one import ${Model}Create, ${Model}ListParams, ${Model}Read, ${Model}Update
@@ -209,7 +210,7 @@ async def create_$one(
     if replay is not None:
         return replay
     created = await service.create_$one(session, user, principal.tenant_id, body)
-    location = request.app.url_path_for("read_$one", ${one}_id=str(created.id))
+    location = path_for(request, "read_$one", ${one}_id=str(created.id))
     response = tagged(created, 201, Location=location)
     await idempotency.remember(response)
     return response

@@ -107,6 +107,8 @@ async def get_idempotency(
     ] = None,
 ) -> Idempotency:
     """Idempotency for this request, keyed by caller and route, in the request's session."""
+    if key is None:  # nothing to look up or store
+        return Idempotency(session, "", None)
     who = [principal.issuer, principal.subject, principal.tenant_id]
     where = f"{request.method} {request.url.path}"
     scope = hashlib.sha256(json.dumps([*who, where]).encode()).hexdigest()

@@ -73,7 +73,7 @@ async def lookup_user(connection: AsyncConnection, principal: Principal) -> User
     }
     rows = await _identity_rows().all(connection, params)
     row = min(rows, key=lambda row: row["issuer"] is None, default=None)
-    return None if row is None else User(**row)
+    return None if row is None else User.from_row(row)
 
 
 def _initial_display_name(principal: Principal) -> str | None:

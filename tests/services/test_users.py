@@ -2,15 +2,15 @@ import asyncio
 import uuid
 from types import MappingProxyType
 
-from sqlalchemy import insert
+from sqlalchemy import insert, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, func, select
 
-from app.core.db import SessionFactory, create_session_factory, session_context
+from app.core.db import SessionFactory, create_session_factory, read_engine, session_context
 from app.core.security import Principal
 from app.models.base import uuid7
 from app.models.user import User
-from app.services.users import get_or_create_user
+from app.services.users import get_or_create_user, lookup_user
 
 ISSUER = "https://idp.example"
 
@@ -103,3 +103,24 @@ async def test_concurrent_first_logins_adopt_a_legacy_row_once(
             return (await get_or_create_user(session, principal(subject))).id
 
     assert set(await asyncio.gather(*(resolve() for _ in range(6)))) == {legacy}
+
+
+async def test_lookup_user_returns_the_row_as_the_session_loads_it(
+    db_engine: AsyncEngine, clean_db: None
+) -> None:
+    factory = create_session_factory(db_engine)
+    who = principal(uuid.uuid4().hex)
+    async with session_context(factory) as session:
+        stored = await get_or_create_user(session, who)
+    async with read_engine(db_engine).connect() as connection:
+        found = await lookup_user(connection, who)
+    assert found is not None
+    assert found.model_dump() == stored.model_dump()
+    assert found.model_fields_set == set(User.model_fields)
+    assert found.is_deleted is False
+    # A detached copy that still behaves as a model object: changes are tracked.
+    found.email = "changed@example.com"
+    assert inspect(found).transient
+    assert inspect(found).attrs.email.history.added == ["changed@example.com"]
+    async with read_engine(db_engine).connect() as connection:
+        assert await lookup_user(connection, principal(uuid.uuid4().hex)) is None

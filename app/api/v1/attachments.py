@@ -16,6 +16,7 @@ from app.core.config import UPLOAD_TYPES
 from app.core.db import ReadConnectionDep, SessionDep, SessionFactoryDep
 from app.core.exceptions import PayloadTooLargeError
 from app.core.ratelimit import rate_limit
+from app.core.route_templates import path_for
 from app.models.attachment import attachment_key
 from app.resources import ScopeDep
 from app.schemas.attachment import AttachmentRead
@@ -73,8 +74,8 @@ async def upload_attachment(
         allowed_types=settings.UPLOAD_ALLOWED_TYPES,
         max_bytes=settings.UPLOAD_MAX_BYTES,
     )
-    location = request.app.url_path_for(
-        "download_attachment", item_id=str(item_id), attachment_id=str(attachment.id)
+    location = path_for(
+        request, "download_attachment", item_id=str(item_id), attachment_id=str(attachment.id)
     )
     return ModelResponse(attachment, 201, {"Location": location})
 

@@ -29,6 +29,7 @@ from app.api.preconditions import IfMatch
 from app.api.responses import ModelResponse, Replayed, tagged
 from app.core.exceptions import ConflictError, NotFoundError
 from app.core.ratelimit import rate_limit
+from app.core.route_templates import path_for
 from app.jobs.exports import export_items
 from app.jobs.queue import JobState
 from app.resources import ScopeDep
@@ -63,7 +64,7 @@ async def create_item(
     if replay is not None:
         return replay
     item = await service.create_item(session, user, principal.tenant_id, body)
-    location = request.app.url_path_for("read_item", item_id=str(item.id))
+    location = path_for(request, "read_item", item_id=str(item.id))
     response = tagged(item, 201, Location=location)
     await idempotency.remember(response)
     return response
@@ -105,7 +106,7 @@ async def export_items_csv(
     }
     filters = body.model_dump(mode="json")
     job_id = await jobs.enqueue(export_items, scope, filters, _owner=job_owner(principal))
-    status_url = request.app.url_path_for("read_job", job_id=job_id)
+    status_url = path_for(request, "read_job", job_id=job_id)
     accepted = JobAccepted(job_id=job_id, status_url=status_url)
     return ModelResponse(accepted, 202, {"Location": status_url})
 
