@@ -23,8 +23,8 @@ from sqlmodel import SQLModel, col
 from sqlmodel import select as select_rows
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core.direct import DirectStatement, fetch_all
 from app.core.pagination import CursorCodec, invalid_cursor
-from app.core.reads import DirectSelect, fetch_all
 
 T = TypeVar("T")
 MAX_CACHED_PAGE_STATEMENTS = 256
@@ -64,7 +64,7 @@ class Sorts:
 
     def __init__(self, **columns: Any) -> None:
         self._columns = {name: _column(column) for name, column in columns.items()}
-        self._pages: dict[tuple[Any, ...], DirectSelect] = {}
+        self._pages: dict[tuple[Any, ...], DirectStatement[Select[Any]]] = {}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -76,14 +76,14 @@ class Sorts:
 
     def page_query(
         self, table: Table, sort: str, *, after: bool, where: Sequence[ColumnElement[bool]]
-    ) -> DirectSelect:
+    ) -> DirectStatement[Select[Any]]:
         """`table`'s rows in `sort` order then by id, `:page_limit` of them, after
         (`:after_value`, `:after_id`) when `after`. `where` must be built once too (bound
         parameters, no literal values): it is part of the cached statement."""
         key = (table.name, sort, after, *where)
         query = self._pages.get(key)
         if query is None:
-            query = DirectSelect(self._build(table, sort, after=after, where=where))
+            query = DirectStatement(self._build(table, sort, after=after, where=where))
             if len(self._pages) < MAX_CACHED_PAGE_STATEMENTS:  # a caller building `where`
                 self._pages[key] = query  # per call would otherwise fill it forever
         return query
@@ -172,7 +172,7 @@ async def keyset_page(
     for the next one and the count on request. `where` is fixed per resource (bound
     parameters, filled from `params`); `filters` may carry values and vary per call.
     Rows come back as dicts by column name; without `filters`, the page is read by a
-    statement built once (`DirectSelect`)."""
+    statement built once (`DirectStatement`)."""
     column, _ = sorts.column(query.sort)
     values: dict[str, Any] = {**(params or {}), "page_limit": query.limit + 1}
     if query.cursor is not None:

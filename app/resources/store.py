@@ -21,14 +21,14 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
 from pydantic.fields import FieldInfo
-from sqlalchemy import ColumnElement, Row, Table, bindparam, func, insert, select
+from sqlalchemy import ColumnElement, Insert, Row, Table, bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.cache import Cache
+from app.core.direct import DirectStatement
 from app.core.exceptions import NotFoundError
 from app.core.pagination import CursorCodec
-from app.core.reads import DirectSelect
 from app.models.base import ScopedTable
 from app.resources.cache import VersionedCache
 from app.resources.paging import PageQuery, PageResult, Sorts, iter_batches, keyset_page
@@ -67,6 +67,7 @@ class ScopedStore(Generic[Model, Schema]):
         )
         self._defaults = _python_defaults(model, self.table)
         self._insert = insert(self.table).returning(self.table)
+        self._inserts: dict[frozenset[str], DirectStatement[Insert]] = {}  # by the columns given
         # Per scope kind (tenant or owner): the live rows, one live row, one deleted row.
         self._live = {kind: self._where(kind, deleted=False) for kind in (True, False)}
         self._one = {kind: (*self._live[kind], self._by_id) for kind in (True, False)}
@@ -74,7 +75,8 @@ class ScopedStore(Generic[Model, Schema]):
             kind: (*self._where(kind, deleted=True), self._by_id) for kind in (True, False)
         }
         self._get = {
-            kind: DirectSelect(select(self.table).where(*self._one[kind])) for kind in (True, False)
+            kind: DirectStatement(select(self.table).where(*self._one[kind]))
+            for kind in (True, False)
         }
 
     @property
@@ -101,8 +103,13 @@ class ScopedStore(Generic[Model, Schema]):
         for name, field in self._defaults:
             if name not in row:
                 row[name] = field.get_default(call_default_factory=True)
+        columns = frozenset(row)
+        statement = self._inserts.get(columns)
+        if statement is None:
+            statement = self._inserts[columns] = DirectStatement(self._insert, columns=list(row))
         connection = await session.connection()
-        return self._read((await connection.execute(self._insert, row)).one())
+        (created,) = await statement.all(connection, row)
+        return self._read(created)
 
     async def get(self, db: Database, scope: OwnerScope, row_id: uuid.UUID) -> Schema:
         """The live row, from the database; `NotFoundError` outside the scope."""

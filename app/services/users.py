@@ -6,7 +6,7 @@ import functools
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, update
+from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, or_, update
 from sqlalchemy import select as select_rows
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,7 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
 from app.core.accounts import AccountStatusCache
-from app.core.reads import DirectSelect
+from app.core.direct import DirectStatement
 from app.core.security import Principal
 from app.models.base import utcnow, uuid7
 from app.models.user import User
@@ -44,11 +44,11 @@ def _by_identity() -> SelectOfScalar[User]:
 
 
 @functools.cache
-def _identity_rows() -> DirectSelect:
+def _identity_rows() -> DirectStatement[Select[Any]]:
     # The same query in SQLAlchemy Core, for the read path: no session, no identity map,
     # on PostgreSQL not even SQLAlchemy's execution layer.
     users: Table = User.__table__  # type: ignore[attr-defined]
-    return DirectSelect(select_rows(users).where(_identity_clause(users)))
+    return DirectStatement(select_rows(users).where(_identity_clause(users)))
 
 
 async def find_user(session: AsyncSession, principal: Principal) -> User | None:

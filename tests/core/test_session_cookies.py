@@ -61,7 +61,7 @@ async def test_a_cookie_authenticated_change_must_come_from_an_authorized_origin
         assert "CLERK_AUTHORIZED_PARTIES" in error["message"]
 
 
-async def test_reads_and_bearer_tokens_need_no_origin(database_url: str, clean_db: None) -> None:
+async def test_direct_and_bearer_tokens_need_no_origin(database_url: str, clean_db: None) -> None:
     async with clerk(database_url) as (idp, client):
         token = session_token(idp)
         evil = {"Origin": "https://evil.example"}

@@ -1,4 +1,4 @@
-"""`DirectSelect`: on a PostgreSQL read connection a statement runs on the driver itself
+"""`DirectStatement`: on a PostgreSQL read connection a statement runs on the driver itself
 and returns exactly the rows SQLAlchemy would; everywhere else SQLAlchemy runs it; a
 failure reaches the app as SQLAlchemy reports it."""
 
@@ -15,27 +15,27 @@ from typing import Any
 import pytest
 from sqlalchemy import bindparam, event, func, select, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.db import create_engine, read_engine
-from app.core.reads import DirectSelect
+from app.core.direct import DirectStatement
 from tests.support import make_settings
 from tests.tables import Rank, Ranked, scratch_tables
 
 RANKED = Ranked.__table__  # type: ignore[attr-defined]
-BY_SCORE = DirectSelect(
+BY_SCORE = DirectStatement(
     select(RANKED)
     .where(RANKED.c.score >= bindparam("min_score"))
     .order_by(RANKED.c.score)
     .limit(bindparam("page_limit"))
 )
 
-SLEEP = DirectSelect(select(func.pg_sleep(bindparam("seconds"))))
+SLEEP = DirectStatement(select(func.pg_sleep(bindparam("seconds"))))
 
 
 async def after_first_run(
-    query: DirectSelect, connection: AsyncConnection, params: dict[str, Any]
+    query: DirectStatement[Any], connection: AsyncConnection, params: dict[str, Any]
 ) -> int:
     """Run `query` once (SQLAlchemy's run, which teaches it the result conversions),
     so the next run goes to the driver; the connection's server process id."""
@@ -99,7 +99,7 @@ async def test_on_a_postgres_read_connection_rows_match_sqlalchemy_without_it(
     pg_engine: AsyncEngine,
 ) -> None:
     params = {"min_score": 1, "page_limit": 3}
-    query = DirectSelect(BY_SCORE.statement)
+    query = DirectStatement(BY_SCORE.statement)
     async with read_engine(pg_engine).connect() as connection:
         with statements_through_sqlalchemy(pg_engine) as seen:
             learned = await query.all(connection, params)  # the first run: SQLAlchemy's
@@ -116,17 +116,113 @@ async def test_on_a_postgres_read_connection_rows_match_sqlalchemy_without_it(
     assert first is None
 
 
-async def test_transactions_and_sqlite_go_through_sqlalchemy(
+async def test_sqlite_and_connections_outside_a_transaction_go_through_sqlalchemy(
     pg_engine: AsyncEngine, sqlite_engine: AsyncEngine
 ) -> None:
     params = {"min_score": 3, "page_limit": 10}
-    for engine, begin in ((pg_engine, True), (sqlite_engine, False), (sqlite_engine, True)):
-        opened = engine.begin() if begin else read_engine(engine).connect()
+    async with read_engine(pg_engine).connect() as connection:
+        await BY_SCORE.all(connection, params)  # learned: the next runs could be direct
+    cases = [(pg_engine, "connect")]
+    if sqlite_engine.dialect.name == "sqlite":  # the suite's database (PostgreSQL in one run)
+        cases += [(sqlite_engine, "read"), (sqlite_engine, "begin")]
+    for engine, how in cases:
+        # "connect": no transaction yet, SQLAlchemy begins one itself.
+        opened = engine.begin() if how == "begin" else engine.connect()
+        if how == "read":
+            opened = read_engine(engine).connect()
         async with opened as connection:
             with statements_through_sqlalchemy(engine) as seen:
                 rows = await BY_SCORE.all(connection, params)
-        assert len(seen) == 1
+        assert len(seen) == 1, how
         assert [(row["score"], row["rank"]) for row in rows] == [(3, Rank.HIGH), (4, Rank.LOW)]
+
+
+def new_row(score: int) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "score": score,
+        "label": f"new {score}",
+        "rank": Rank.HIGH,
+        "ref": uuid.uuid4(),
+        "seen_at": datetime(2026, 3, 1, 8, 0, 0, 500, tzinfo=UTC),
+        "flag": True,
+        "day": date(2026, 3, 1),
+        "amount": Decimal("7.50"),
+    }
+
+
+INSERT = RANKED.insert().returning(RANKED)
+BY_ID = DirectStatement(select(RANKED.c.score).where(RANKED.c.id == bindparam("row_id")))
+
+
+async def stored(engine: AsyncEngine, row_id: uuid.UUID) -> bool:
+    async with read_engine(engine).connect() as connection:
+        return await BY_ID.first(connection, {"row_id": row_id}) is not None
+
+
+async def test_in_a_transaction_statements_run_on_the_driver_and_commit_or_roll_back_with_it(
+    pg_engine: AsyncEngine,
+) -> None:
+    insert = DirectStatement(INSERT, columns=list(new_row(0)))
+    async with pg_engine.begin() as connection:
+        learned = await insert.all(connection, new_row(10))  # SQLAlchemy's runs
+        await BY_SCORE.all(connection, {"min_score": 0, "page_limit": 1})
+    committed, rolled_back = new_row(11), new_row(12)
+    with statements_through_sqlalchemy(pg_engine) as seen:
+        async with pg_engine.begin() as connection:
+            # The transaction's first statement: the driver's BEGIN is sent before it.
+            (row,) = await insert.all(connection, committed)
+            assert await BY_SCORE.all(connection, {"min_score": 11, "page_limit": 5}) == [row]
+
+        async def insert_then_fail() -> None:
+            async with pg_engine.begin() as connection:
+                await insert.all(connection, rolled_back)
+                raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            await insert_then_fail()
+    assert seen == []
+    assert row == committed  # converted back, as stored
+    assert learned[0]["score"] == 10
+    assert await stored(pg_engine, committed["id"])
+    assert not await stored(pg_engine, rolled_back["id"])
+
+
+async def test_an_insert_of_other_columns_than_declared_goes_through_sqlalchemy(
+    pg_engine: AsyncEngine,
+) -> None:
+    row = new_row(20)
+    insert = DirectStatement(INSERT, columns=list(row))
+    async with pg_engine.begin() as connection:
+        await insert.all(connection, new_row(21))
+        with statements_through_sqlalchemy(pg_engine) as seen:
+            del row["label"]
+            with pytest.raises(DBAPIError, match="label"):  # NOT NULL: not bound as None
+                await insert.all(connection, row)
+        assert len(seen) == 1
+
+
+async def test_a_server_error_in_a_transaction_is_the_error_sqlalchemy_raises(
+    pg_engine: AsyncEngine,
+) -> None:
+    insert = DirectStatement(INSERT, columns=list(new_row(0)))
+    duplicate = new_row(30)
+    async with pg_engine.begin() as connection:
+        await insert.all(connection, duplicate)
+
+    async def insert_twice() -> None:
+        async with pg_engine.begin() as connection:
+            await insert.all(connection, new_row(31))
+            await insert.all(connection, duplicate)
+
+    with statements_through_sqlalchemy(pg_engine) as seen, pytest.raises(IntegrityError) as failure:
+        await insert_twice()
+    assert seen == []
+    assert getattr(failure.value.orig, "sqlstate", None) == "23505"
+    assert not failure.value.connection_invalidated
+    async with pg_engine.connect() as connection:  # rolled back; the connection still works
+        count = select(func.count()).select_from(RANKED).where(RANKED.c.score == 31)
+        assert (await connection.execute(count)).scalar_one() == 0
 
 
 async def test_a_missing_parameter_is_sqlalchemys_error(pg_engine: AsyncEngine) -> None:
@@ -139,7 +235,7 @@ async def test_a_connection_that_died_is_invalidated_and_reported_as_sqlalchemy_
     pg_engine: AsyncEngine,
 ) -> None:
     reader = read_engine(pg_engine)
-    query = DirectSelect(BY_SCORE.statement)
+    query = DirectStatement(BY_SCORE.statement)
     async with reader.connect() as connection:
         pid = await after_first_run(query, connection, {"min_score": 0, "page_limit": 1})
         async with pg_engine.connect() as other:
@@ -155,7 +251,7 @@ async def test_a_connection_that_died_is_invalidated_and_reported_as_sqlalchemy_
 async def test_a_statement_over_the_command_timeout_raises_timeout_error(
     pg_engine: AsyncEngine,
 ) -> None:
-    sleep = DirectSelect(SLEEP.statement)
+    sleep = DirectStatement(SLEEP.statement)
     async with read_engine(pg_engine).connect() as connection:
         await after_first_run(sleep, connection, {"seconds": 0})
         with pytest.raises(TimeoutError):
@@ -166,7 +262,7 @@ async def test_a_cancelled_statement_leaves_its_connection_out_of_the_pool(
     pg_engine: AsyncEngine,
 ) -> None:
     reader = read_engine(pg_engine)
-    sleep = DirectSelect(SLEEP.statement)
+    sleep = DirectStatement(SLEEP.statement)
     async with reader.connect() as connection:
         pid = await after_first_run(sleep, connection, {"seconds": 0})
         task = asyncio.create_task(sleep.all(connection, {"seconds": 0.4}))
@@ -185,7 +281,7 @@ async def test_a_cancelled_statement_leaves_its_connection_out_of_the_pool(
 async def test_a_statement_the_server_cancels_is_reported_once_not_run_again(
     pg_engine: AsyncEngine,
 ) -> None:
-    sleep = DirectSelect(SLEEP.statement)
+    sleep = DirectStatement(SLEEP.statement)
     async with read_engine(pg_engine).connect() as connection:
         pid = await after_first_run(sleep, connection, {"seconds": 0})
 
@@ -212,7 +308,7 @@ async def test_with_engine_events_on_every_statement_goes_through_sqlalchemy(
     def trace(*args: Any) -> None:
         traced.append(args[2])
 
-    query = DirectSelect(BY_SCORE.statement)
+    query = DirectStatement(BY_SCORE.statement)
     event.listen(pg_engine.sync_engine, "before_cursor_execute", trace)
     try:
         async with read_engine(pg_engine).connect() as connection:
@@ -221,3 +317,34 @@ async def test_with_engine_events_on_every_statement_goes_through_sqlalchemy(
     finally:
         event.remove(pg_engine.sync_engine, "before_cursor_execute", trace)
     assert len(traced) == 3
+
+
+async def test_a_statement_cancelled_in_a_transaction_invalidates_and_rolls_back(
+    pg_engine: AsyncEngine,
+) -> None:
+    sleep = DirectStatement(SLEEP.statement)
+    insert = DirectStatement(INSERT, columns=list(new_row(0)))
+    async with pg_engine.begin() as connection:
+        await after_first_run(sleep, connection, {"seconds": 0})
+        await insert.all(connection, new_row(40))
+    row = new_row(41)
+    invalidated: list[bool] = []
+
+    async def cancelled_mid_transaction() -> None:
+        async with pg_engine.begin() as connection:
+            await insert.all(connection, row)
+            task = asyncio.create_task(sleep.all(connection, {"seconds": 0.4}))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            try:
+                await task
+            finally:
+                invalidated.append(bool(connection.sync_connection.invalidated))  # type: ignore[union-attr]
+
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled_mid_transaction()
+    assert invalidated == [True]
+    assert not await stored(pg_engine, row["id"])
+    async with pg_engine.begin() as connection:  # the pool serves a working connection
+        await insert.all(connection, row)
+    assert await stored(pg_engine, row["id"])

@@ -1,38 +1,44 @@
-"""Reads that skip SQLAlchemy's execution layer where the driver can run them itself.
+"""Statements that skip SQLAlchemy's execution layer where the driver can run them itself.
 
-`DirectSelect(statement)` wraps a Core SELECT built once, with bound parameters. On a
-read connection over asyncpg (`ReadConnectionDep`, `read_engine`: PostgreSQL in
-AUTOCOMMIT) it compiles the statement once, then sends it through the driver
-connection that SQLAlchemy's pool checked out: one round trip, the rows as dicts,
-without the execution context and result objects SQLAlchemy builds for every
-statement (about 0.1 ms of CPU each, a fifth of an authenticated read). Anywhere else
-(SQLite, the connection of a write transaction, a statement SQLAlchemy must expand per
-call) it runs through SQLAlchemy, with the same rows.
+`DirectStatement(statement)` wraps a Core statement built once, with bound
+parameters: a SELECT, or an INSERT or UPDATE with RETURNING. On asyncpg it compiles
+the statement once, then sends it through the driver connection that SQLAlchemy's
+pool checked out: one round trip, the rows as dicts, without the execution context
+and result objects SQLAlchemy builds for every statement (about 0.1-0.3 ms of CPU
+each, a fifth of an authenticated read). That holds on a read connection
+(`ReadConnectionDep`, `read_engine`: PostgreSQL in AUTOCOMMIT) and inside a
+transaction SQLAlchemy has begun (a session's connection): there the driver's
+transaction is opened first (BEGIN) if SQLAlchemy has not sent anything yet, so
+SQLAlchemy commits or rolls back the statement with the rest. Anywhere else (SQLite,
+a connection outside any transaction, a statement SQLAlchemy must expand or fill in
+per call) SQLAlchemy runs it, with the same rows.
 
 Values go through the same type conversions as with SQLAlchemy (the column types'
 bind and result processors, for this dialect, learned from SQLAlchemy's own first run
 of the statement). Errors reach the app as SQLAlchemy reports them: a statement whose
 connection died is handed to SQLAlchemy, which reports it and takes the connection out
-of the pool; a server error is raised once as a `DBAPIError` carrying the server's
-SQLSTATE; a timed-out statement raises `TimeoutError` (a 503); a cancelled one
-invalidates its connection, whose state is then unknown. With SQL echo or engine
-events on (`DB_ECHO`, tracing), every statement goes through SQLAlchemy, so each one
-is still logged and traced.
+of the pool; a server error is raised once as the `DBAPIError` subclass SQLAlchemy
+would raise (`IntegrityError` for a duplicate key), carrying the server's SQLSTATE; a
+timed-out statement raises `TimeoutError` (a 503); a cancelled one invalidates its
+connection, whose state is then unknown. With SQL echo or engine events on
+(`DB_ECHO`, tracing), every statement goes through SQLAlchemy, so each one is still
+logged and traced.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.base import Executable
 
 Processor = Callable[[Any], Any]
+Statement = TypeVar("Statement", bound=Executable)
 
 
 @dataclass(slots=True)
@@ -48,13 +54,16 @@ class _Compiled:
     results: tuple[tuple[str, Processor], ...] | None = None
 
 
-class DirectSelect:
-    """A SELECT run on the driver itself on PostgreSQL read connections (see above)."""
+class DirectStatement(Generic[Statement]):
+    """A statement run on the driver itself on PostgreSQL (see above). For an INSERT,
+    `columns` names the columns every call gives values for (what SQLAlchemy would
+    infer from the first call's parameters)."""
 
-    __slots__ = ("_compiled", "statement")
+    __slots__ = ("_compiled", "columns", "statement")
 
-    def __init__(self, statement: Select[Any]) -> None:
+    def __init__(self, statement: Statement, *, columns: Sequence[str] | None = None) -> None:
         self.statement = statement
+        self.columns = None if columns is None else list(columns)
         # Per dialect (one per engine), dropped with the engine.
         self._compiled: weakref.WeakKeyDictionary[Dialect, _Compiled | None] = (
             weakref.WeakKeyDictionary()
@@ -67,9 +76,14 @@ class DirectSelect:
         direct = self._direct(connection)
         if direct is None:
             return await fetch_all(connection, self.statement, params)
-        compiled, sync = direct
-        if compiled.results is None or not compiled.required <= params.keys():
-            # The first run (or a call missing a parameter, for SQLAlchemy's message).
+        compiled, sync, begin = direct
+        if (
+            compiled.results is None
+            or not compiled.required <= params.keys()
+            or (self.columns is not None and len(params) != len(self.columns))
+        ):
+            # The first run, a call missing a parameter (for SQLAlchemy's message), or an
+            # INSERT of other columns than compiled.
             result = await connection.execute(self.statement, dict(params))
             compiled.results = _result_processors(result, connection.dialect)
             return [dict(row._mapping) for row in result]
@@ -83,7 +97,11 @@ class DirectSelect:
             ]
         except Exception:  # a value its column type refuses: SQLAlchemy's error, nothing sent
             return await fetch_all(connection, self.statement, params)
+        adapted: Any = sync.connection.dbapi_connection
         try:
+            if begin and adapted._transaction is None:
+                # BEGIN, as SQLAlchemy sends it before its transaction's first statement.
+                await adapted._start_transaction()
             records = await driver.fetch(compiled.sql, *args)
         except TimeoutError:
             raise  # as SQLAlchemy lets it through: a 503
@@ -92,9 +110,7 @@ class DirectSelect:
                 return await fetch_all(connection, self.statement, params)
             if isinstance(error, OSError):
                 raise
-            raise DBAPIError.instance(
-                compiled.sql, args, error, Exception, dialect=connection.dialect
-            ) from error
+            raise _reported(compiled.sql, args, error, adapted, connection.dialect) from error
         except BaseException:
             sync.invalidate()
             raise
@@ -111,9 +127,9 @@ class DirectSelect:
         rows = await self.all(connection, params)
         return rows[0] if rows else None
 
-    def _direct(self, connection: AsyncConnection) -> tuple[_Compiled, Connection] | None:
-        """The compiled form and the connection when `connection` can run it on the
-        driver, else None."""
+    def _direct(self, connection: AsyncConnection) -> tuple[_Compiled, Connection, bool] | None:
+        """The compiled form, the connection and whether the statement belongs to a
+        transaction when `connection` can run it on the driver, else None."""
         dialect = connection.dialect
         if dialect.driver != "asyncpg":
             return None
@@ -122,12 +138,13 @@ class DirectSelect:
             return None
         if sync._echo or _watched(sync):
             return None  # statements logged or traced: each one through SQLAlchemy
-        if sync.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-            return None  # a transaction's statements stay in SQLAlchemy's hands
+        begin = sync.get_execution_options().get("isolation_level") != "AUTOCOMMIT"
+        if begin and not sync.in_transaction():
+            return None  # SQLAlchemy begins (or, autocommitting, does not) on its own
         if dialect not in self._compiled:
-            self._compiled[dialect] = _compile(self.statement, dialect)
+            self._compiled[dialect] = _compile(self.statement, dialect, self.columns)
         compiled = self._compiled[dialect]
-        return None if compiled is None else (compiled, sync)
+        return None if compiled is None else (compiled, sync, begin)
 
 
 def _watched(connection: Connection) -> bool:
@@ -141,10 +158,14 @@ def _watched(connection: Connection) -> bool:
     )
 
 
-def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled | None:
-    compiled: Any = statement.compile(dialect=dialect)
+def _compile(
+    statement: Executable, dialect: Dialect, columns: list[str] | None
+) -> _Compiled | None:
+    compiled: Any = statement.compile(dialect=dialect, column_keys=columns)  # type: ignore[attr-defined]
     if compiled.literal_execute_params or compiled.post_compile_params:
         return None  # rendered anew on each call: SQLAlchemy's job
+    if compiled.insert_prefetch or compiled.update_prefetch:
+        return None  # column defaults computed in Python on each call
     if compiled.escaped_bind_names:
         return None  # names the driver's placeholders do not use as they are
     if any(bind.callable is not None for bind in compiled.binds.values()):
@@ -155,7 +176,10 @@ def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled | None:
         bind=dict(compiled._bind_processors),
         keys=tuple(column.keyname for column in compiled._result_columns),
         defaults=compiled.construct_params(_check=False),
-        required=frozenset(name for name, bind in compiled.binds.items() if bind.required),
+        # An INSERT's columns are all required: without one SQLAlchemy renders another
+        # statement (the column left to its default).
+        required=frozenset(name for name, bind in compiled.binds.items() if bind.required)
+        | frozenset(columns or ()),
     )
 
 
@@ -172,10 +196,22 @@ def _result_processors(result: Any, dialect: Dialect) -> tuple[tuple[str, Proces
     return tuple(found)
 
 
+def _reported(
+    sql: str, args: list[Any], error: Exception, adapted: Any, dialect: Dialect
+) -> Exception:
+    """`error` from the driver as SQLAlchemy raises it: the driver's exception translated
+    by SQLAlchemy's adapter (a duplicate key becomes an `IntegrityError`), wrapped."""
+    try:
+        adapted._handle_exception(error)
+    except Exception as translated:
+        error = translated
+    return DBAPIError.instance(sql, args, error, dialect.loaded_dbapi.Error, dialect=dialect)
+
+
 async def fetch_all(
-    connection: AsyncConnection, statement: Select[Any], params: Mapping[str, Any]
+    connection: AsyncConnection, statement: Executable, params: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     """`statement`'s rows through SQLAlchemy, as dicts by column name (what
-    `DirectSelect` returns)."""
+    `DirectStatement` returns)."""
     result = await connection.execute(statement, dict(params))
     return [dict(row._mapping) for row in result]
