@@ -221,8 +221,10 @@ class ScopedStore(Generic[Model, Schema]):
             connection, self.table, where, values, params=params, expected=expected, noun=self.noun
         )
         written = self._read(row)
-        deleted = row.deleted_at is not None
-        self.cache.store_after_commit(session, cache, scope, row_id, row.version, written, deleted)
+        deleted = row["deleted_at"] is not None
+        self.cache.store_after_commit(
+            session, cache, scope, row_id, row["version"], written, deleted
+        )
         return written
 
 

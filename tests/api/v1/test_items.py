@@ -289,9 +289,12 @@ async def test_etags_and_if_match(client: AsyncClient, settings: Settings) -> No
     item = await create(client, headers)
     url = f"{ITEMS}/{item['id']}"
     assert (await client.get(url, headers=headers)).headers["etag"] == '"1"'
-    updated = await client.patch(url, json={"title": "v2"}, headers=headers | {"If-Match": '"1"'})
+    changes = {"title": "v2", "tags": ["x", "y"], "status": "archived"}
+    updated = await client.patch(url, json=changes, headers=headers | {"If-Match": '"1"'})
     assert updated.status_code == 200
     assert updated.headers["etag"] == '"2"'
+    assert {k: updated.json()[k] for k in changes} == changes
+    assert (await client.get(url, headers=headers)).json() == updated.json()
     stale = await client.patch(url, json={"title": "v3"}, headers=headers | {"If-Match": '"1"'})
     assert stale.status_code == 412
     assert stale.json()["error"]["code"] == "precondition_failed"
@@ -303,8 +306,17 @@ async def test_etags_and_if_match(client: AsyncClient, settings: Settings) -> No
     empty = await client.patch(url, json={}, headers=headers | {"If-Match": '"3"'})
     assert empty.status_code == 200
     assert empty.json()["version"] == 3
+    several = headers | {"If-Match": '"1", "3"'}  # any one of them may be current
+    patched = await client.patch(
+        url, json={"tags": ["b", "a"], "status": "active"}, headers=several
+    )
+    assert patched.status_code == 200
+    assert patched.json()["version"] == 4
+    assert patched.json()["tags"] == ["b", "a"]
+    assert patched.json()["status"] == "active"
+    assert (await client.patch(url, json={"title": "v5"}, headers=several)).status_code == 412
     assert (await client.delete(url, headers=headers | {"If-Match": '"2"'})).status_code == 412
-    assert (await client.delete(url, headers=headers | {"If-Match": '"3"'})).status_code == 204
+    assert (await client.delete(url, headers=headers | {"If-Match": '"4"'})).status_code == 204
     assert (await client.get(url, headers=headers)).status_code == 404
 
 
